@@ -101,3 +101,88 @@ def frame_average_of_samples(t_min: np.ndarray, c: np.ndarray, frame_start_min: 
     frac = (np.arange(points_per_frame) + 0.5) / points_per_frame
     grid = frame_start_min[:, None] + frac[None, :] * (frame_end_min - frame_start_min)[:, None]
     return np.interp(grid, t_full, c_full).mean(axis=1)
+
+
+def image_derived_input_function(activity: np.ndarray, region: np.ndarray, frame_start_min: np.ndarray,
+                                 frame_end_min: np.ndarray) -> InputFunction:
+    """Mean activity of the blood-pool ``region`` in every frame, taken as the plasma curve.
+
+    Whole blood equals plasma for FDG within a few per cent (plasma-to-blood ratio ~1.1 at late times is
+    not corrected here; a site with a population ratio can scale the CSV).
+    """
+    if not region.any():
+        raise InputError("the blood-pool region is empty")
+    cp = np.array([float(frame[region].mean()) for frame in activity])
+    return InputFunction(frame_start_min, frame_end_min, cp)
+
+
+@dataclass
+class InputFunctionResult:
+    """The input function used, where it came from, and what a physicist should check."""
+
+    input_function: InputFunction
+    source: str  # "aorta", "left ventricle", "mask", "csv"
+    mask: np.ndarray | None  # the blood-pool region (Z, Y, X) when image-derived
+    volume_ml: float
+    quality_flags: list
+
+    def summary(self) -> dict:
+        inp = self.input_function
+        k = int(np.argmax(inp.cp_frame_mean))
+        return {"source": self.source, "region_volume_ml": round(self.volume_ml, 2),
+                "peak_bq_per_ml": float(inp.cp_frame_mean[k]),
+                "peak_frame_mid_min": float(0.5 * (inp.frame_start_min[k] + inp.frame_end_min[k])),
+                "auc_bq_min_per_ml": inp.area_under_curve(), "quality_flags": list(self.quality_flags)}
+
+
+def quality_flags(inp: InputFunction, source: str, volume_ml: float) -> list[str]:
+    """Plausibility checks of a blood curve; an empty list means nothing to report."""
+    flags = []
+    mid = 0.5 * (inp.frame_start_min + inp.frame_end_min)
+    k = int(np.argmax(inp.cp_frame_mean))
+    if mid[k] > 3.0:
+        flags.append(f"peak at {mid[k]:.1f} min, later than a bolus peak (3 min): check the injection time")
+    tail = inp.cp_frame_mean[-1]
+    if tail <= 0 or inp.cp_frame_mean[k] / max(tail, 1e-12) < 2.0:
+        flags.append("peak-to-tail ratio below 2: the region may not be blood")
+    if source == "left ventricle":
+        flags.append("left-ventricle cavity used (no aorta found): myocardial spill-in may raise the tail")
+    if source in ("aorta", "left ventricle", "mask") and volume_ml < 1.0:
+        flags.append(f"blood-pool region of {volume_ml:.2f} mL: noisy input function")
+    return flags
+
+
+def input_function_for_study(study, csv_path: str | Path | None = None,
+                             mask_path: str | Path | None = None) -> InputFunctionResult:
+    """The study's input function: from a CSV, from a user mask (NIfTI), or detected automatically."""
+    from .blood_pool import detect_blood_pool
+    start, end = study.frame_start_min, study.frame_end_min
+    if csv_path:
+        inp = read_input_function_csv(csv_path, start, end)
+        return InputFunctionResult(inp, "csv", None, 0.0, quality_flags(inp, "csv", 0.0))
+    voxel_ml = float(np.prod(study.spacing_mm)) / 1000.0
+    if mask_path:
+        mask = read_mask(mask_path, study)
+        source = "mask"
+    else:
+        pool = detect_blood_pool(study.activity, study.frame_mid_min, study.spacing_mm)
+        mask, source = pool.mask, pool.kind
+    inp = image_derived_input_function(study.activity, mask, start, end)
+    volume = float(mask.sum()) * voxel_ml
+    return InputFunctionResult(inp, source, mask, volume, quality_flags(inp, source, volume))
+
+
+def read_mask(path: str | Path, study) -> np.ndarray:
+    """A blood-pool mask (NIfTI, non-zero = inside) that must lie on the study's voxel grid."""
+    from .parametric_dicom import read_nifti
+    try:
+        values, affine = read_nifti(Path(path))
+    except Exception as exc:  # SimpleITK raises RuntimeError for anything it cannot read
+        raise InputError(f"cannot read the blood-pool mask as NIfTI: {exc}", path=path) from exc
+    if values.shape != study.activity.shape[1:] or not np.allclose(affine, study.affine, atol=1e-2):
+        raise InputError(f"the blood-pool mask's grid {values.shape} does not match the study's "
+                         f"{study.activity.shape[1:]} (shape and affine must agree)", path=path)
+    mask = values > 0
+    if not mask.any():
+        raise InputError("the blood-pool mask is empty", path=path)
+    return mask

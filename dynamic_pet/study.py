@@ -34,6 +34,8 @@ class DynamicStudy:
     notes:
         Human-readable facts recorded while loading (fallbacks taken, conversions applied); no
         patient identifiers.
+    timings_s:
+        Wall time of each pipeline stage, filled in as the stages run.
     """
 
     activity: np.ndarray
@@ -46,6 +48,7 @@ class DynamicStudy:
     study_instance_uid: str
     half_life_s: float
     notes: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def frame_mid_min(self) -> np.ndarray:

@@ -40,7 +40,7 @@ class SimulatedStudy:
 
     @property
     def affine(self) -> np.ndarray:
-        """Voxel (x, y, z) -> DICOM LPS mm; slice 0 is the most inferior, x to the patient's left."""
+        """Voxel (x, y, z) -> DICOM LPS mm, as phantom.dicom_writer writes it (volume centred on 0)."""
         return phantom_affine(self.preset)
 
 
@@ -48,7 +48,7 @@ def phantom_affine(preset: Preset) -> np.ndarray:
     nz, ny, nx = preset.shape
     dz, dy, dx = preset.voxel_mm
     aff = np.diag([dx, dy, dz, 1.0])
-    aff[:3, 3] = [-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, -(preset.depth_range_mm[1] - 0.5 * dz)]
+    aff[:3, 3] = [-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, -(nz - 1) / 2 * dz]
     return aff
 
 

@@ -1,0 +1,880 @@
+"""Load a dynamic PET study from a folder of DICOM files: the product's front door.
+
+The rules below follow DICOM PS3.3 (PET Series C.8.9.1, PET Isotope C.8.9.2, PET Image C.8.9.4), not
+the habits of one writer.
+
+Series selection
+    Every file under the folder is read (header only); files that are not DICOM Part 10 (no ``DICM``
+    preamble: README, JSON, ...) are ignored, unreadable DICOM files are skipped with a warning.
+    Instances are grouped by SeriesInstanceUID. A candidate is a Modality ``PT`` classic PET Image
+    Storage series, not ``GATED``, with more than one time frame (some ImagePositionPatient occurs in
+    more than one instance). Several candidates: the one with most frames, then most instances; a tie
+    is an :class:`InputError` listing the candidates. ``series_instance_uid`` overrides the choice.
+    Enhanced / Legacy Converted Enhanced PET (multi-frame) is refused: not supported yet.
+
+Frames and slices
+    Frames are grouped by ImageIndex // NumberOfSlices when every instance has both, the indices are
+    unique and the timing attributes agree within each group; otherwise by (FrameReferenceTime,
+    ActualFrameDuration), then by (acquisition date-time, ActualFrameDuration). Slices are ordered by
+    the projection of ImagePositionPatient on the slice normal (row x column direction cosines), never
+    by file name or InstanceNumber. Every frame must hold the same slice positions.
+
+Timing (minutes from injection = RadiopharmaceuticalStartDateTime, else RadiopharmaceuticalStartTime on
+SeriesDate, AcquisitionDate or StudyDate, a day earlier if that would fall after the series start)
+    Frame start = the per-frame acquisition date-time when it is uniform within each frame and
+    different for every frame: it is the frame start by definition, whereas FrameReferenceTime is
+    implementation dependent (PS3.3 C.8.9.4.1.5 gives the frame mid-point and the decay-weighted mean
+    time as examples) and relative to a SeriesTime that some systems rewrite on reprocessing. Otherwise
+    start = SeriesDate/Time + FrameReferenceTime - T_ave, with T_ave the decay-weighted mean time of the
+    frame (PS3.3 C.8.9.4.1.5 example 2); a writer using the mid-point instead shifts the start by
+    about lambda * T^2 / 12 (0.8 s for a 5-min F-18 frame). End = start + ActualFrameDuration.
+
+Decay correction: every frame is brought to the injection time
+    ``ADMIN``: unchanged. ``START``: multiplied by exp(lambda * (SeriesDate/Time - injection)); when
+    SeriesDate/Time lies after the first frame start (a reprocessed series), the first frame start is
+    the reference instead (as the QIBA SUV guidance does). ``NONE``: multiplied by
+    lambda*D/(1-exp(-lambda*D)) * exp(lambda*t_start). DecayFactor is only compared with the
+    expected value (a note when it differs by more than 1 %).
+
+Units
+    ``BQML`` as is. ``GML`` (body-weight SUV): Bq/mL = SUV * dose / weight, the dose decayed to the
+    image's decay reference (injection for ADMIN, series start for START), i.e. the SUV definition
+    inverted; refused with ``NONE``. ``CNTS`` with the Philips "Activity Concentration Scale Factor"
+    (7053,1009): multiplied by it. Anything else is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pixel_array
+from pydicom.valuerep import DA, DT, TM
+
+from dynamic_pet.errors import InputError
+from dynamic_pet.study import DynamicStudy
+
+logger = logging.getLogger(__name__)
+
+PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+ENHANCED_PET_STORAGE = {"1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
+                        "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage"}
+_PHILIPS_CREATOR = "Philips PET Private Group"
+_OVERLAP_TOLERANCE_S = 1.0  # acquisition times truncated to whole seconds can overlap by up to 1 s
+_DECAY_FACTOR_TOLERANCE = 0.01
+_SAME_POSITION_MM = 0.01  # two instances of one frame closer than this along the normal are one slice
+
+
+def decay_weighted_offset_s(duration_s: float | np.ndarray, half_life_s: float) -> float | np.ndarray:
+    """Time after the frame start at which a decaying source has its frame-average activity.
+
+    PS3.3 C.8.9.4.1.5 example 2: ``T_ave = ln(lambda*T / (1 - exp(-lambda*T))) / lambda``.
+
+    Parameters
+    ----------
+    duration_s:
+        Frame duration(s) T in seconds.
+    half_life_s:
+        Radionuclide half-life in seconds.
+
+    Returns
+    -------
+    float or ndarray
+        T_ave in seconds (slightly less than T / 2).
+    """
+    lam = math.log(2.0) / half_life_s
+    x = lam * np.asarray(duration_s, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_ave = np.where(x > 0, np.log(x / -np.expm1(-x)) / lam, 0.0)
+    return float(t_ave) if t_ave.ndim == 0 else t_ave
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+def _tag(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}" if tag is not None else keyword
+
+
+def _raw(ds: pydicom.Dataset, keyword: str):
+    """The element's value, or None when absent or empty."""
+    if keyword not in ds:
+        return None
+    value = ds[keyword].value
+    if value is None or value == "" or (isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+                                        and len(value) == 0):
+        return None
+    return value
+
+
+def _single(value):
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if len(value) != 1:
+            raise ValueError(f"expected one value, found {len(value)}")
+        return value[0]
+    return value
+
+
+def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
+    value = _raw(ds, keyword)
+    if value is None:
+        return None
+    result = float(_single(value))
+    if not math.isfinite(result):
+        raise ValueError(f"value is {result}")
+    return result
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    value = _float(ds, keyword)
+    if value is not None and value != int(value):
+        raise ValueError(f"{value} is not an integer")
+    return None if value is None else int(value)
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    value = _raw(ds, keyword)
+    if value is None:
+        return None
+    values = tuple(float(v) for v in (value if isinstance(value, Iterable) and not isinstance(value, str)
+                                      else [value]))
+    if len(values) != n or not all(map(math.isfinite, values)):
+        raise ValueError(f"expected {n} finite numbers, found {len(values)}")
+    return values
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    value = _raw(ds, keyword)
+    if value is None:
+        return None
+    first = value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value
+    return str(first).strip().upper() or None
+
+
+def _date(ds: pydicom.Dataset, keyword: str) -> dt.date | None:
+    value = _raw(ds, keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if len(text) == 10 and text[4] in ".-":  # ACR-NEMA style YYYY.MM.DD
+        text = text[:4] + text[5:7] + text[8:]
+    return dt.date(*DA(text).timetuple()[:3])
+
+
+def _time(ds: pydicom.Dataset, keyword: str) -> dt.time | None:
+    value = _raw(ds, keyword)
+    if value is None:
+        return None
+    parsed = TM(str(value).strip().replace(":", ""))
+    return dt.time(parsed.hour, parsed.minute, parsed.second, parsed.microsecond)
+
+
+def _datetime(ds: pydicom.Dataset, keyword: str) -> dt.datetime | None:
+    """A DT value as a naive local date-time (a UTC offset suffix, if any, is dropped)."""
+    value = _raw(ds, keyword)
+    if value is None:
+        return None
+    parsed = DT(str(value).strip())
+    return dt.datetime(parsed.year, parsed.month, parsed.day, parsed.hour, parsed.minute, parsed.second,
+                       parsed.microsecond)
+
+
+def _radiopharmaceutical(ds: pydicom.Dataset) -> pydicom.Dataset:
+    sequence = _raw(ds, "RadiopharmaceuticalInformationSequence")
+    return sequence[0] if sequence else pydicom.Dataset()
+
+
+def _philips_scale(ds: pydicom.Dataset) -> float | None:
+    try:
+        block = ds.private_block(0x7053, _PHILIPS_CREATOR)
+    except KeyError:
+        return None
+    if 0x09 not in block:
+        return None
+    value = block[0x09].value
+    if isinstance(value, bytes):  # implicit VR files without a private dictionary entry
+        value = value.decode("ascii", "replace").strip("\0 ")
+    return float(_single(value))
+
+
+# name -> (tag named in errors, extractor); every value is parsed once, at scan time
+_FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
+    "study_uid": ("StudyInstanceUID", lambda ds: str(_raw(ds, "StudyInstanceUID") or "")),
+    "series_type": ("SeriesType", lambda ds: _text(ds, "SeriesType")),
+    "n_time_slices": ("NumberOfTimeSlices", lambda ds: _int(ds, "NumberOfTimeSlices")),
+    "n_slices": ("NumberOfSlices", lambda ds: _int(ds, "NumberOfSlices")),
+    "image_index": ("ImageIndex", lambda ds: _int(ds, "ImageIndex")),
+    "n_frames_in_file": ("NumberOfFrames", lambda ds: _int(ds, "NumberOfFrames")),
+    "frt_ms": ("FrameReferenceTime", lambda ds: _float(ds, "FrameReferenceTime")),
+    "duration_ms": ("ActualFrameDuration", lambda ds: _float(ds, "ActualFrameDuration")),
+    "units": ("Units", lambda ds: _text(ds, "Units")),
+    "decay_correction": ("DecayCorrection", lambda ds: _text(ds, "DecayCorrection")),
+    "decay_factor": ("DecayFactor", lambda ds: _float(ds, "DecayFactor")),
+    "half_life_s": ("RadionuclideHalfLife", lambda ds: _float(_radiopharmaceutical(ds), "RadionuclideHalfLife")),
+    "dose_bq": ("RadionuclideTotalDose", lambda ds: _float(_radiopharmaceutical(ds), "RadionuclideTotalDose")),
+    "weight_kg": ("PatientWeight", lambda ds: _float(ds, "PatientWeight")),
+    "position": ("ImagePositionPatient", lambda ds: _floats(ds, "ImagePositionPatient", 3)),
+    "orientation": ("ImageOrientationPatient", lambda ds: _floats(ds, "ImageOrientationPatient", 6)),
+    "pixel_spacing": ("PixelSpacing", lambda ds: _floats(ds, "PixelSpacing", 2)),
+    "slice_thickness": ("SliceThickness", lambda ds: _float(ds, "SliceThickness")),
+    "rows": ("Rows", lambda ds: _int(ds, "Rows")),
+    "columns": ("Columns", lambda ds: _int(ds, "Columns")),
+    "slope": ("RescaleSlope", lambda ds: _float(ds, "RescaleSlope")),
+    "intercept": ("RescaleIntercept", lambda ds: _float(ds, "RescaleIntercept")),
+    "philips_scale": ("Philips (7053,1009) activity concentration scale factor", _philips_scale),
+    "series_dt": ("SeriesTime", lambda ds: _combine(_date(ds, "SeriesDate"), _time(ds, "SeriesTime"))),
+    "acquisition_dt": ("AcquisitionTime", lambda ds: _acquisition_datetime(ds)),
+}
+# consistency across all instances of the series is required for these
+_SERIES_LEVEL = ("sop_class", "study_uid", "n_time_slices", "n_slices", "units", "decay_correction",
+                 "half_life_s", "orientation", "pixel_spacing", "rows", "columns", "series_dt", "injection")
+_DATE_FIELDS = {"series_dt", "injection", "acquisition_dt"}
+_INJECTION_TAGS = "(0018,1078) RadiopharmaceuticalStartDateTime / (0018,1072) RadiopharmaceuticalStartTime"
+
+
+def _combine(date: dt.date | None, time: dt.time | None) -> dt.datetime | None:
+    return None if date is None or time is None else dt.datetime.combine(date, time)
+
+
+def _acquisition_datetime(ds: pydicom.Dataset) -> dt.datetime | None:
+    combined = _datetime(ds, "AcquisitionDateTime")
+    if combined is not None:
+        return combined
+    date = _date(ds, "AcquisitionDate") or _date(ds, "SeriesDate")
+    return _combine(date, _time(ds, "AcquisitionTime"))
+
+
+def _injection(ds: pydicom.Dataset, path: Path, series_dt: object) -> tuple[dt.datetime, str] | None:
+    """Injection date-time and the attribute it came from."""
+    item = _radiopharmaceutical(ds)
+    try:
+        full = _datetime(item, "RadiopharmaceuticalStartDateTime")
+    except ValueError as exc:
+        raise InputError(f"cannot be read ({exc})", path, _tag("RadiopharmaceuticalStartDateTime")) from exc
+    if full is not None:
+        return full, "RadiopharmaceuticalStartDateTime"
+    try:
+        time = _time(item, "RadiopharmaceuticalStartTime")
+        date = _date(ds, "SeriesDate") or _date(ds, "AcquisitionDate") or _date(ds, "StudyDate")
+    except ValueError as exc:
+        raise InputError(f"cannot be read ({exc})", path, _tag("RadiopharmaceuticalStartTime")) from exc
+    if time is None or date is None:
+        return None
+    injection = dt.datetime.combine(date, time)
+    if isinstance(series_dt, dt.datetime) and injection > series_dt:
+        return injection - dt.timedelta(days=1), "RadiopharmaceuticalStartTime (previous day)"
+    return injection, "RadiopharmaceuticalStartTime with the series date"
+
+
+class _Record:
+    """What the loader needs from one instance, parsed at scan time (compact: no Dataset is kept)."""
+
+    __slots__ = ("path", "sop_uid", "series_uid", "modality", "sop_class", "values", "copies")
+
+    def __init__(self, path: Path, ds: pydicom.Dataset):
+        self.path = path
+        self.sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        self.series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        self.modality = str(ds.get("Modality", "") or "").strip().upper()
+        self.sop_class = str(ds.get("SOPClassUID", "") or "")
+        self.copies: list[_Record] = []  # other files with the same SOPInstanceUID
+        self.values: dict[str, object] = {"sop_class": self.sop_class}
+        if self.modality != "PT":
+            return
+        for name, (keyword, extract) in _FIELDS.items():
+            try:
+                self.values[name] = extract(ds)
+            except Exception as exc:  # noqa: BLE001 - any unparsable value is kept against its tag
+                self.values[name] = InputError(f"value cannot be read ({exc})", path, _tag(keyword))
+        try:
+            self.values["injection"] = _injection(ds, path, self.values.get("series_dt"))
+        except InputError as exc:
+            self.values["injection"] = exc
+        except Exception as exc:  # noqa: BLE001 - e.g. a date at the edge of the calendar
+            self.values["injection"] = InputError(f"value cannot be read ({exc})", path, _INJECTION_TAGS)
+
+    def get(self, name: str, required: bool = False):
+        """The parsed value; raises the stored InputError, or one for a missing required value."""
+        value = self.values.get(name)
+        if isinstance(value, InputError):
+            raise value
+        if value is None and required:
+            tag = _tag(_FIELDS[name][0]) if name in _FIELDS else _INJECTION_TAGS
+            raise InputError("required value is missing", self.path, tag)
+        return value
+
+    def peek(self, name: str):
+        """The parsed value, or None when absent or unreadable (for lenient decisions)."""
+        value = self.values.get(name)
+        return None if isinstance(value, InputError) else value
+
+
+def _scan(root: Path) -> tuple[dict[str, list[_Record]], list[Path]]:
+    """Header records of every DICOM file under ``root`` grouped by series, and the unreadable files."""
+    by_series: dict[str, list[_Record]] = defaultdict(list)
+    unreadable: list[Path] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, defer_size=256)  # pixel data located, not loaded
+            record = _Record(path, ds)
+            if record.modality == "PT" and record.sop_class == PET_IMAGE_STORAGE:
+                _check_complete(ds, path)
+        except InvalidDicomError:
+            logger.debug("ignored, not a DICOM file: %s", path)
+            continue
+        except Exception as exc:  # noqa: BLE001 - truncated / corrupt files are reported, not fatal here
+            logger.warning("skipped unreadable DICOM file %s (%s)", path, type(exc).__name__)
+            unreadable.append(path)
+            continue
+        if record.series_uid and record.sop_uid:
+            by_series[record.series_uid].append(record)
+        else:
+            logger.debug("ignored, no SeriesInstanceUID/SOPInstanceUID: %s", path)
+    return by_series, unreadable
+
+
+def _check_complete(ds: pydicom.Dataset, path: Path) -> None:
+    """pydicom returns a partial dataset for a truncated file: require the pixel data element, whole."""
+    for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):  # PixelData, FloatPixelData, DoubleFloatPixelData
+        if tag in ds:
+            element = ds.get_item(tag, keep_deferred=True)
+            length, offset = getattr(element, "length", None), getattr(element, "value_tell", None)
+            if None in (length, offset) or length == 0xFFFFFFFF or offset + length <= path.stat().st_size:
+                return
+            raise EOFError("pixel data extends past the end of the file (truncated)")
+    raise EOFError("no pixel data (truncated file?)")
+
+
+def _unreadable_hint(unreadable: list[Path]) -> str:
+    if not unreadable:
+        return ""
+    return f" ({len(unreadable)} DICOM file(s) could not be read, e.g. {unreadable[0]})"
+
+
+# ------------------------------------------------------------------------------------------- selection
+
+def _frame_count_estimate(records: list[_Record]) -> int:
+    """Largest number of distinct instances sharing one slice position (1 for a static series)."""
+    per_position: dict[tuple, set[str]] = defaultdict(set)
+    for record in records:
+        position = record.peek("position")
+        if position is not None:
+            per_position[tuple(np.round(position, 2))].add(record.sop_uid)
+    if per_position:
+        return max(len(uids) for uids in per_position.values())
+    return max((record.peek("n_time_slices") or 1 for record in records), default=1)
+
+
+def _select_series(by_series: dict[str, list[_Record]], root: Path, wanted: str | None,
+                   unreadable: list[Path], notes: list[str]) -> list[_Record]:
+    hint = _unreadable_hint(unreadable)
+    if not by_series:
+        raise InputError(f"no DICOM instances found{hint}", root)
+    if wanted is not None:
+        if wanted not in by_series:
+            raise InputError(f"the requested series is not in the input; series present: "
+                             f"{', '.join(sorted(by_series))}", root, _tag("SeriesInstanceUID"))
+        return _require_dynamic_pet(by_series[wanted])
+    pet = {uid: [r for r in records if r.modality == "PT"] for uid, records in by_series.items()}
+    pet = {uid: records for uid, records in pet.items() if records}
+    if not pet:
+        raise InputError(f"no PET series (Modality PT) among the {len(by_series)} DICOM series found{hint}",
+                         root, _tag("Modality"))
+    candidates = {uid: (_frame_count_estimate(records), len(records)) for uid, records in pet.items()
+                  if _has_classic(records) and records[0].peek("series_type") != "GATED"}
+    candidates = {uid: key for uid, key in candidates.items() if key[0] > 1}
+    if not candidates:
+        for records in pet.values():
+            _refuse_enhanced(records)
+        raise InputError(f"no dynamic PET series: each of the {len(pet)} PET series has a single time frame"
+                         f"{hint}", pet[next(iter(pet))][0].path, _tag("NumberOfTimeSlices"))
+    best = max(candidates.values())
+    top = sorted(uid for uid, key in candidates.items() if key == best)
+    if len(top) > 1:
+        raise InputError(f"{len(top)} dynamic PET series qualify equally ({best[0]} frames, {best[1]} "
+                         f"instances each): {', '.join(top)}; pass series_instance_uid to choose one",
+                         root, _tag("SeriesInstanceUID"))
+    if len(candidates) > 1:
+        notes.append(f"{len(candidates)} dynamic PET series found; chose the one with the most frames, "
+                     "then the most instances")
+    return pet[top[0]]
+
+
+def _has_classic(records: list[_Record]) -> bool:
+    """Classic PET Image Storage (any other SOP class in the series is refused by the series checks)."""
+    return any(r.sop_class == PET_IMAGE_STORAGE for r in records)
+
+
+def _refuse_enhanced(records: list[_Record]) -> None:
+    for record in records:
+        if record.sop_class in ENHANCED_PET_STORAGE:
+            raise InputError(f"{ENHANCED_PET_STORAGE[record.sop_class]} (multi-frame) is not supported yet; "
+                             "export the study as classic PET Image Storage", record.path, _tag("SOPClassUID"))
+
+
+def _require_dynamic_pet(records: list[_Record]) -> list[_Record]:
+    odd = next((r for r in records if r.modality != "PT"), None)
+    if odd is not None:
+        raise InputError(f"the requested series is not PET (Modality {odd.modality or 'missing'})",
+                         odd.path, _tag("Modality"))
+    _refuse_enhanced(records)
+    if _frame_count_estimate(records) < 2:
+        raise InputError("the requested series has a single time frame", records[0].path,
+                         _tag("NumberOfTimeSlices"))
+    return records
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+def _merge_duplicates(records: list[_Record]) -> list[_Record]:
+    """One record per SOPInstanceUID; other files of the same instance are kept as ``copies``."""
+    first: dict[str, _Record] = {}
+    for record in records:
+        original = first.setdefault(record.sop_uid, record)
+        if original is record:
+            continue
+        differing = [name for name in ("position", "image_index", "frt_ms", "duration_ms", "acquisition_dt",
+                                       "slope", "intercept") if original.peek(name) != record.peek(name)]
+        if differing:
+            keyword = _FIELDS[differing[0]][0]
+            raise InputError(f"two files carry the same SOPInstanceUID with different {keyword} "
+                             f"(other file: {original.path})", record.path, _tag(keyword))
+        original.copies.append(record)
+    return list(first.values())
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+        return all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+    return a == b
+
+
+def _check_series_level(records: list[_Record]) -> None:
+    """Attributes that must agree between all instances of the series (geometry, units, timing refs)."""
+    for name in _SERIES_LEVEL:
+        shown = [repr(record.peek(name)) for record in records]
+        values = Counter(shown)
+        if len(values) == 1:
+            continue  # unreadable values are raised where they are used
+        majority = records[shown.index(values.most_common(1)[0][0])].peek(name)
+        odd = next((r for r in records if not _same(r.peek(name), majority)), None)
+        if odd is None:
+            continue
+        odd.get(name)  # a value that could not be parsed is the more specific error
+        tag = {"sop_class": _tag("SOPClassUID"), "injection": _INJECTION_TAGS}.get(name) or _tag(_FIELDS[name][0])
+        shown = "" if name in _DATE_FIELDS else f" ({odd.peek(name)!r} here, {majority!r} in most instances)"
+        raise InputError(f"differs between instances of the series{shown}", odd.path, tag)
+
+
+def _timing_key(record: _Record) -> tuple:
+    return record.peek("frt_ms"), record.peek("duration_ms"), record.peek("acquisition_dt")
+
+
+def _groups_by_image_index(records: list[_Record], notes: list[str]) -> dict[int, list[_Record]] | None:
+    """Frames from ImageIndex and NumberOfSlices, or None when they are absent or inconsistent."""
+    indices = [r.peek("image_index") for r in records]
+    n_slices = records[0].peek("n_slices")
+    if None in indices or not n_slices or n_slices < 1:
+        return None
+    groups: dict[int, list[_Record]] = defaultdict(list)
+    for record, index in zip(records, indices):
+        groups[(index - 1) // n_slices].append(record)
+    limit = max(records[0].peek("n_time_slices") or 0, len(groups) + 1)
+    consistent = (min(indices) >= 1 and len(set(indices)) == len(indices) and max(groups) < limit
+                  and all(len({_timing_key(r) for r in group}) == 1 for group in groups.values()))
+    if not consistent:
+        notes.append("ImageIndex is not consistent with the frame timing; frames grouped by timing instead")
+        logger.warning("ImageIndex inconsistent with frame timing; grouping frames by timing")
+        return None
+    return groups
+
+
+def _groups_by_time(records: list[_Record], notes: list[str]) -> list[list[_Record]]:
+    for name, label in (("frt_ms", "FrameReferenceTime"), ("acquisition_dt", "acquisition date-time")):
+        if all(r.peek(name) is not None and r.peek("duration_ms") is not None for r in records):
+            groups: dict[tuple, list[_Record]] = defaultdict(list)
+            for record in records:
+                value = record.peek(name)
+                key = round(value, 3) if isinstance(value, float) else value
+                groups[(key, record.peek("duration_ms"))].append(record)
+            notes.append(f"frames grouped by {label} and ActualFrameDuration")
+            return [groups[key] for key in sorted(groups)]
+    for record in records:
+        record.get("duration_ms", required=True)
+    missing = next(r for r in records if r.peek("frt_ms") is None)
+    missing.get("frt_ms")
+    raise InputError("time frames cannot be told apart: FrameReferenceTime is missing and the acquisition "
+                     "date/time is missing in some instance", missing.path, _tag("FrameReferenceTime"))
+
+
+def _group_frames(records: list[_Record], root: Path, notes: list[str],
+                  unreadable: list[Path]) -> list[list[_Record]]:
+    """Instances per time frame (frame order as declared; checked against times later)."""
+    hint = _unreadable_hint(unreadable)
+    by_index = _groups_by_image_index(records, notes)
+    declared = records[0].peek("n_time_slices")
+    if by_index is not None:
+        n_slices = records[0].peek("n_slices")
+        expected = range(max(declared or 0, max(by_index) + 1))
+        f = next((f for f in expected if f not in by_index), None)
+        if f is not None:
+            raise InputError(f"time frame {f + 1} is missing: no instance with ImageIndex "
+                             f"{f * n_slices + 1}-{(f + 1) * n_slices}{hint}", root, _tag("ImageIndex"))
+        frames = [by_index[f] for f in expected]
+    else:
+        frames = _groups_by_time(records, notes)
+    if declared is not None and declared != len(frames):
+        raise InputError(f"NumberOfTimeSlices is {declared} but {len(frames)} time frames were found{hint}",
+                         frames[0][0].path, _tag("NumberOfTimeSlices"))
+    return frames
+
+
+def _slice_normal(records: list[_Record]) -> np.ndarray:
+    orientation = np.array(records[0].get("orientation", required=True))
+    row, col = orientation[:3], orientation[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise InputError("direction cosines are not two orthonormal vectors", records[0].path,
+                         _tag("ImageOrientationPatient"))
+    return np.cross(row, col)
+
+
+def _sort_slices(frames: list[list[_Record]], normal: np.ndarray, hint: str) -> list[list[_Record]]:
+    """Each frame's instances ordered along the slice normal; every frame must hold the same positions."""
+    ordered = []
+    for f, frame in enumerate(frames):
+        depth = np.array([np.dot(r.get("position", required=True), normal) for r in frame])
+        order = np.argsort(depth, kind="stable")
+        frame = [frame[i] for i in order]
+        same = np.flatnonzero(np.diff(depth[order]) < _SAME_POSITION_MM)
+        if same.size:
+            raise InputError(f"time frame {f + 1} holds two different instances at one slice position (other "
+                             f"file: {frame[same[0]].path})", frame[same[0] + 1].path, _tag("ImagePositionPatient"))
+        ordered.append(frame)
+    size = max(len(frame) for frame in ordered)
+    reference = next(frame for frame in ordered if len(frame) == size)
+    ref_positions = np.array([r.get("position") for r in reference])
+    spacing = np.diff(ref_positions @ normal)
+    tolerance = 1e-3 + 0.01 * (float(np.median(spacing)) if len(spacing) else 1.0)
+    for f, frame in enumerate(ordered):
+        if len(frame) != size:
+            raise InputError(f"time frame {f + 1} has {len(frame)} slices where another frame has {size}{hint}",
+                             frame[0].path, _tag("ImagePositionPatient"))
+        positions = np.array([r.get("position") for r in frame])
+        distance = np.linalg.norm(positions - ref_positions, axis=1)
+        if np.any(distance > tolerance):
+            raise InputError(f"slice positions of time frame {f + 1} differ from those of other frames by up to "
+                             f"{distance.max():.3g} mm", frame[int(np.argmax(distance))].path,
+                             _tag("ImagePositionPatient"))
+    declared = reference[0].peek("n_slices")
+    if declared is not None and declared != size:
+        raise InputError(f"NumberOfSlices is {declared} but each frame has {size} slices", reference[0].path,
+                         _tag("NumberOfSlices"))
+    return ordered
+
+
+def _geometry(first_frame: list[_Record], normal: np.ndarray, notes: list[str]
+              ) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Affine voxel (x, y, z) -> LPS mm and spacing (dz, dy, dx) from the sorted first frame."""
+    positions = np.array([r.get("position") for r in first_frame])
+    dy, dx = first_frame[0].get("pixel_spacing", required=True)
+    if dy <= 0 or dx <= 0:
+        raise InputError("pixel spacing must be positive", first_frame[0].path, _tag("PixelSpacing"))
+    if len(first_frame) > 1:
+        steps = np.diff(positions @ normal)
+        dz = float(np.mean(steps))
+        if dz <= 0 or np.ptp(steps) > 0.02 * dz + 1e-3:
+            raise InputError("slice positions are not equally spaced", first_frame[0].path,
+                             _tag("ImagePositionPatient"))
+        in_plane = positions - np.outer(positions @ normal, normal)
+        if np.max(np.linalg.norm(in_plane - in_plane[0], axis=1)) > 0.01 * dz + 1e-3:
+            raise InputError("slices are not stacked along the slice normal (gantry tilt or sheared series)",
+                             first_frame[-1].path, _tag("ImagePositionPatient"))
+    else:
+        dz = first_frame[0].peek("slice_thickness") or 1.0
+        notes.append(f"single slice: slice spacing taken from SliceThickness ({dz} mm)")
+    orientation = np.array(first_frame[0].get("orientation"))
+    affine = np.eye(4)
+    affine[:3, 0] = orientation[:3] * dx
+    affine[:3, 1] = orientation[3:] * dy
+    affine[:3, 2] = normal * dz
+    affine[:3, 3] = positions[0]
+    return affine, (dz, float(dy), float(dx))
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+def _frame_value(frame: list[_Record], name: str, keyword: str):
+    """The value shared by every instance of a frame (InputError naming the odd file otherwise)."""
+    first = frame[0].get(name, required=True)
+    for record in frame[1:]:
+        if not _same(record.get(name, required=True), first):
+            raise InputError("differs between instances of one time frame", record.path, _tag(keyword))
+    return first
+
+
+def _frame_times(frames: list[list[_Record]], half_life_s: float, notes: list[str]
+                 ) -> tuple[np.ndarray, np.ndarray, dt.datetime, bool]:
+    """Frame start and end in seconds from injection, the injection time, and whether starts came from
+    the acquisition date-times."""
+    injection, source = frames[0][0].get("injection", required=True)
+    if source != "RadiopharmaceuticalStartDateTime":
+        notes.append(f"injection time from {source}")
+    durations = np.array([_frame_value(f, "duration_ms", "ActualFrameDuration") for f in frames]) / 1000.0
+    bad = np.flatnonzero(durations <= 0)
+    if bad.size:
+        raise InputError("frame duration must be positive", frames[bad[0]][0].path, _tag("ActualFrameDuration"))
+    acquisition = [{r.peek("acquisition_dt") for r in frame} for frame in frames]
+    from_acquisition = (all(len(a) == 1 and None not in a for a in acquisition)
+                        and len({next(iter(a)) for a in acquisition}) == len(frames))
+    if from_acquisition:
+        starts = np.array([(next(iter(a)) - injection).total_seconds() for a in acquisition])
+        notes.append("frame starts from the per-frame acquisition date/time")
+        keyword = "AcquisitionTime"
+    else:
+        series = frames[0][0].get("series_dt")
+        if series is None:
+            raise InputError("SeriesDate/SeriesTime needed as the FrameReferenceTime origin is missing",
+                             frames[0][0].path, _tag("SeriesTime"))
+        reference_ms = np.array([_frame_value(f, "frt_ms", "FrameReferenceTime") for f in frames])
+        starts = ((series - injection).total_seconds() + reference_ms / 1000.0
+                  - decay_weighted_offset_s(durations, half_life_s))
+        notes.append("acquisition date/time does not vary per frame: frame starts from FrameReferenceTime "
+                     "(decay-weighted mean time, PS3.3 C.8.9.4.1.5)")
+        keyword = "FrameReferenceTime"
+    ends = starts + durations
+    for f in range(1, len(frames)):
+        if starts[f] <= starts[f - 1]:
+            raise InputError(f"time frame {f + 1} does not start after frame {f} (frames out of order or "
+                             "repeated)", frames[f][0].path, _tag(keyword))
+        if ends[f - 1] - starts[f] > _OVERLAP_TOLERANCE_S:
+            raise InputError(f"time frames {f} and {f + 1} overlap by {ends[f - 1] - starts[f]:.3f} s",
+                             frames[f][0].path, _tag("ActualFrameDuration"))
+    if starts[0] < 0:
+        notes.append(f"the first frame starts {-starts[0]:.1f} s before the injection")
+    return starts, ends, injection, from_acquisition
+
+
+# ------------------------------------------------------------------------------------- decay and units
+
+def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, durations: np.ndarray,
+                        injection: dt.datetime, half_life_s: float, from_acquisition: bool,
+                        notes: list[str]) -> tuple[np.ndarray, float]:
+    """Per-frame factors taking the stored values to the injection time, and the decay reference
+    (seconds from injection) that the stored values refer to (for SUV conversion)."""
+    record = frames[0][0]
+    lam = math.log(2.0) / half_life_s
+    mode = record.get("decay_correction", required=True)
+    if mode == "ADMIN":
+        reference = 0.0
+        factors = np.ones(len(frames))
+        notes.append("DecayCorrection ADMIN: values already refer to the injection time")
+    elif mode == "START":
+        series = record.get("series_dt")
+        if series is None:
+            raise InputError("SeriesDate/SeriesTime (the START decay reference) is missing", record.path,
+                             _tag("SeriesTime"))
+        reference = (series - injection).total_seconds()
+        if from_acquisition and reference > starts[0] + _OVERLAP_TOLERANCE_S:
+            notes.append("SeriesDate/Time is after the first frame start (reprocessed series?): START "
+                         "decay reference taken as the first frame start")
+            logger.warning("SeriesTime after the first frame start; START reference = first frame start")
+            reference = float(starts[0])
+        with np.errstate(over="ignore"):
+            factors = np.full(len(frames), np.exp(lam * reference))
+        notes.append(f"DecayCorrection START: decay-corrected from the series start ({reference:.1f} s after "
+                     "injection) to the injection time")
+    elif mode == "NONE":
+        reference = float("nan")
+        factors = np.exp(lam * (starts + decay_weighted_offset_s(durations, half_life_s)))
+        notes.append("DecayCorrection NONE: each frame decay-corrected over the frame and to the injection time")
+    else:
+        raise InputError(f"unknown decay correction {mode!r} (expected START, ADMIN or NONE)", record.path,
+                         _tag("DecayCorrection"))
+    if mode != "NONE":
+        _check_decay_factors(frames, lam * (starts + decay_weighted_offset_s(durations, half_life_s) - reference),
+                             notes)
+    return factors, reference
+
+
+def _check_decay_factors(frames: list[list[_Record]], expected_log: np.ndarray, notes: list[str]) -> None:
+    stated = np.array([frame[0].peek("decay_factor") or np.nan for frame in frames], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mismatch = np.abs(np.log(stated) - expected_log) > _DECAY_FACTOR_TOLERANCE
+    if np.any(mismatch):
+        notes.append(f"DecayFactor differs by more than 1 % from the value expected from the timing in "
+                     f"{int(mismatch.sum())} frame(s); timing attributes were trusted")
+        logger.warning("DecayFactor inconsistent with the frame timing in %d frame(s)", int(mismatch.sum()))
+
+
+def _unit_scale(record: _Record, decay_reference_s: float, half_life_s: float) -> float:
+    """Factor from rescaled pixel values to Bq/mL (at the image's own decay reference)."""
+    units = record.get("units", required=True)
+    if units == "BQML":
+        return 1.0
+    if units == "GML":
+        if not math.isfinite(decay_reference_s):
+            raise InputError("SUV (Units GML) without decay correction cannot be converted to Bq/mL",
+                             record.path, _tag("DecayCorrection"))
+        weight = record.get("weight_kg", required=True)
+        dose = record.get("dose_bq", required=True)
+        if weight <= 0 or dose <= 0:
+            raise InputError("patient weight and injected dose must be positive to convert SUV to Bq/mL",
+                             record.path, _tag("PatientWeight" if weight <= 0 else "RadionuclideTotalDose"))
+        return dose * np.exp(-math.log(2.0) / half_life_s * decay_reference_s) / (weight * 1000.0)
+    if units == "CNTS":
+        scale = record.get("philips_scale")
+        if scale is None or scale <= 0:
+            raise InputError("Units CNTS without a Philips activity concentration scale factor (7053,1009) "
+                             "cannot be converted to Bq/mL", record.path, _tag("Units"))
+        return scale
+    raise InputError(f"units {units!r} cannot be converted to Bq/mL (expected BQML, GML or Philips CNTS)",
+                     record.path, _tag("Units"))
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+
+def _decode(record: _Record, shape: tuple[int, int]) -> np.ndarray:
+    """Rescaled float64 pixel values of one file."""
+    path = record.path
+    try:
+        pixels = pixel_array(path)  # reads only what decoding needs
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is an input problem of this file
+        raise InputError(f"pixel data cannot be read ({type(exc).__name__}: {exc})", path,
+                         _tag("PixelData")) from exc
+    if pixels.shape != shape:
+        raise InputError(f"pixel array has shape {pixels.shape}, Rows/Columns say {shape}", path, _tag("Rows"))
+    slope = record.get("slope")
+    if slope is None and np.issubdtype(pixels.dtype, np.integer):
+        raise InputError("integer PET pixel data needs a rescale slope", path, _tag("RescaleSlope"))
+    values = pixels.astype(np.float64) * (1.0 if slope is None else slope) + (record.get("intercept") or 0.0)
+    if not np.all(np.isfinite(values)):
+        raise InputError("pixel values are not finite (NaN or infinity)", path, _tag("PixelData"))
+    return values
+
+
+def _read_instance(record: _Record, shape: tuple[int, int]) -> np.ndarray:
+    """Pixel values of an instance; duplicate files of it are used as fallback and must agree."""
+    decoded, errors = [], []
+    for candidate in [record, *record.copies]:
+        try:
+            decoded.append((candidate, _decode(candidate, shape)))
+        except InputError as exc:
+            errors.append(exc)
+    if not decoded:
+        raise errors[0]
+    for error in errors:
+        logger.warning("skipped a damaged copy of an instance: %s", error.path)
+    reference_record, values = decoded[0]
+    for other, other_values in decoded[1:]:
+        if not np.array_equal(values, other_values):
+            raise InputError(f"two files carry the same SOPInstanceUID with different pixel data (other file: "
+                             f"{reference_record.path})", other.path, _tag("SOPInstanceUID"))
+        logger.warning("skipped a duplicate file of an instance: %s", other.path)
+    return values
+
+
+# ----------------------------------------------------------------------------------------------- entry
+
+@dataclass
+class DynamicSeries:
+    """The instances of the chosen dynamic PET series, found but not yet sorted or decoded."""
+
+    root: Path
+    records: list
+    unreadable: list
+    notes: list = field(default_factory=list)
+    timings_s: dict = field(default_factory=dict)
+
+
+def find_dynamic_series(input_dir: str | Path, series_instance_uid: str | None = None) -> DynamicSeries:
+    """Scan ``input_dir`` recursively and select the dynamic PET series (rule in the module docstring).
+
+    Raises
+    ------
+    InputError
+        No folder, no DICOM, no dynamic PET series, or an ambiguous choice.
+    """
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise InputError("input folder does not exist or is not a folder", root)
+    notes: list[str] = []
+    by_series, unreadable = _scan(root)
+    records = _merge_duplicates(_select_series(by_series, root, series_instance_uid, unreadable, notes))
+    n_duplicates = sum(len(r.copies) for r in records)
+    if n_duplicates:
+        notes.append(f"{n_duplicates} duplicate file(s) of the same instance ignored")
+    return DynamicSeries(root, records, unreadable, notes)
+
+
+def load_dynamic_study(input_dir: str | Path, series_instance_uid: str | None = None) -> DynamicStudy:
+    """Load, validate and normalise the dynamic PET series found under ``input_dir``.
+
+    Parameters
+    ----------
+    input_dir:
+        Folder searched recursively for DICOM files.
+    series_instance_uid:
+        Load this series instead of choosing one (see the module docstring for the rule).
+
+    Returns
+    -------
+    DynamicStudy
+        Activity in Bq/mL decay-corrected to the injection, frames in time order, slices along the
+        slice normal; ``notes`` records the fallbacks and conversions applied.
+
+    Raises
+    ------
+    InputError
+        For anything that prevents a correct result, naming the file and the DICOM tag concerned.
+    """
+    return sort_dynamic_series(find_dynamic_series(input_dir, series_instance_uid))
+
+
+def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
+    """Group a found series into frames, sort slices, validate, and decode to Bq/mL at injection time."""
+    root, records, unreadable, notes = series.root, series.records, series.unreadable, list(series.notes)
+    _check_series_level(records)
+    for record in records:
+        if (record.get("n_frames_in_file") or 1) != 1:
+            raise InputError("a classic PET instance must hold one frame", record.path, _tag("NumberOfFrames"))
+    half_life_s = records[0].get("half_life_s", required=True)
+    if half_life_s <= 0:
+        raise InputError("half-life must be positive", records[0].path, _tag("RadionuclideHalfLife"))
+    hint = _unreadable_hint(unreadable)
+    normal = _slice_normal(records)
+    frames = _sort_slices(_group_frames(records, root, notes, unreadable), normal, hint)
+    affine, spacing = _geometry(frames[0], normal, notes)
+    starts, ends, injection, from_acquisition = _frame_times(frames, half_life_s, notes)
+    decay, reference = _decay_to_injection(frames, starts, ends - starts, injection, half_life_s,
+                                           from_acquisition, notes)
+    shape = (records[0].get("rows", required=True), records[0].get("columns", required=True))
+    first = _read_instance(frames[0][0], shape)  # checks Rows/Columns against real pixel data before allocating
+    activity = np.empty((len(frames), len(frames[0]), *shape), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for f, frame in enumerate(frames):
+            for z, record in enumerate(frame):
+                scale = _unit_scale(record, reference, half_life_s) * decay[f]
+                activity[f, z] = (first if f == z == 0 else _read_instance(record, shape)) * scale
+                if not (np.isfinite(scale) and scale > 0 and np.all(np.isfinite(activity[f, z]))):
+                    raise InputError("decay or unit conversion gives non-finite values: injection time, "
+                                     "half-life or dose implausible", record.path, _INJECTION_TAGS)
+    if records[0].get("units") != "BQML":
+        notes.append(f"Units {records[0].get('units')} converted to Bq/mL")
+    slice_datasets = [pydicom.dcmread(r.path, stop_before_pixels=True) for r in frames[0]]
+    logger.info("loaded a dynamic PET series: %d frames of %d slices of %dx%d", *activity.shape)
+    return DynamicStudy(activity=activity, frame_start_min=starts / 60.0, frame_end_min=ends / 60.0,
+                        affine=affine, spacing_mm=spacing, slice_datasets=slice_datasets,
+                        series_instance_uid=records[0].series_uid,
+                        study_instance_uid=str(records[0].get("study_uid") or ""),
+                        half_life_s=float(half_life_s), notes=notes)

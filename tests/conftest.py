@@ -1,0 +1,105 @@
+"""Shared pytest fixtures (each block is owned by the worker named in its header)."""
+
+from __future__ import annotations
+
+# ======== BEGIN dynamic PET DICOM fixtures (owner: DICOM writer/loader worker) ========
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+
+@dataclass(frozen=True)
+class SyntheticPetSeries:
+    """A small dynamic PET series written by the phantom writer, with the truth it was written from."""
+
+    folder: Path
+    activity: np.ndarray  # (T, Z, Y, X) Bq/mL at injection
+    start_s: np.ndarray
+    duration_s: np.ndarray
+    voxel_size_mm: tuple[float, float, float]
+    series_start_s: float
+    half_life_s: float
+    dose_bq: float
+    weight_kg: float
+    seed: int
+
+
+def synthetic_activity(n_frames: int = 6, shape: tuple[int, int, int] = (8, 16, 16)) -> np.ndarray:
+    """Smooth FDG-like volumes: a blob whose uptake rises over the frames, slice-dependent amplitude
+    (so every instance gets its own rescale slope) on a washing-out background."""
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    blob = np.exp(-((x - 0.2) ** 2 + (y + 0.1) ** 2) / 0.2 - z**2 / 0.5)
+    frames = [(3000.0 * (1 - np.exp(-0.4 * (f + 1))) * blob * (1 + 0.3 * z)
+               + 800.0 * np.exp(-0.3 * f) * (1.2 - x**2)) for f in range(n_frames)]
+    return np.asarray(frames, dtype=np.float32)
+
+
+FRAME_START_S = np.array([30.25, 90.25, 210.25, 600.0, 1800.0, 3000.5])  # gap between frames 3 and 4
+FRAME_DURATION_S = np.array([60.0, 120.0, 300.0, 600.0, 1200.0, 600.0])
+
+
+def write_synthetic_series(folder: Path, **overrides) -> SyntheticPetSeries:
+    """Write the standard 6-frame, 8-slice, 16x16 test series (keyword overrides go to the writer)."""
+    from phantom.dicom_writer import write_dynamic_pet_series
+
+    args = dict(activity=synthetic_activity(), frame_start_s=FRAME_START_S, frame_duration_s=FRAME_DURATION_S,
+                voxel_size_mm=(3.27, 2.0, 2.5), injected_dose_bq=2.5e8, seed=7, patient_weight_kg=68.0,
+                series_start_after_injection_s=30.25, half_life_s=6586.2)
+    args.update(overrides)
+    write_dynamic_pet_series(folder, **args)
+    return SyntheticPetSeries(folder, np.asarray(args["activity"]), np.asarray(args["frame_start_s"]),
+                              np.asarray(args["frame_duration_s"]), tuple(args["voxel_size_mm"]),
+                              args["series_start_after_injection_s"], args["half_life_s"],
+                              args["injected_dose_bq"], args["patient_weight_kg"], args["seed"])
+
+
+@pytest.fixture
+def write_series() -> Callable[..., SyntheticPetSeries]:
+    """``write_series(folder, **writer_overrides)``: write the standard series (or a variant)."""
+    return write_synthetic_series
+
+
+@pytest.fixture(scope="session")
+def written_series(tmp_path_factory) -> SyntheticPetSeries:
+    """The standard series, written once per session (do not modify: use ``series_copy``)."""
+    return write_synthetic_series(tmp_path_factory.mktemp("pet_series") / "series")
+
+
+@pytest.fixture
+def series_copy(written_series, tmp_path) -> SyntheticPetSeries:
+    """A private copy of the standard series that a test may mutate."""
+    folder = tmp_path / "study"
+    shutil.copytree(written_series.folder, folder)
+    return SyntheticPetSeries(folder, *[getattr(written_series, f) for f in
+                                        list(SyntheticPetSeries.__dataclass_fields__)[1:]])
+
+
+def frame_and_slice(ds: pydicom.Dataset) -> tuple[int, int]:
+    """0-based (frame, slice) of an instance written by the phantom writer (from its ImageIndex)."""
+    index = int(ds.ImageIndex) - 1
+    return divmod(index, int(ds.NumberOfSlices))
+
+
+@pytest.fixture
+def rewrite() -> Callable[..., list[Path]]:
+    """``rewrite(folder, edit, where=None)``: apply ``edit(ds, frame, slice)`` to every instance (or those
+    for which ``where(frame, slice)`` holds) and save it in place; returns the edited paths."""
+
+    def apply(folder: Path, edit, where=None) -> list[Path]:
+        edited = []
+        for path in sorted(Path(folder).rglob("*.dcm")):
+            ds = pydicom.dcmread(path)
+            frame, z = frame_and_slice(ds)
+            if where is None or where(frame, z):
+                edit(ds, frame, z)
+                ds.save_as(path)
+                edited.append(path)
+        return edited
+
+    return apply
+# ======== END dynamic PET DICOM fixtures ========

@@ -1,0 +1,246 @@
+"""The product's dynamic PET DICOM loader on valid studies: round trip, vendor variants, decay and units."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+
+from dynamic_pet.dicom_series import decay_weighted_offset_s, load_dynamic_study
+from dynamic_pet.errors import InputError
+
+
+def _lam(series) -> float:
+    return np.log(2) / series.half_life_s
+
+
+def _assert_matches_truth(study, series, rtol=1e-4):
+    assert study.activity.dtype == np.float32
+    assert study.activity.shape == series.activity.shape
+    error = np.abs(study.activity - series.activity).max()
+    assert error <= rtol * series.activity.max(), error
+    np.testing.assert_allclose(study.frame_start_min * 60, series.start_s, atol=1e-3)
+    np.testing.assert_allclose(study.frame_end_min * 60, series.start_s + series.duration_s, atol=1e-3)
+
+
+def _requantise(ds: pydicom.Dataset, values: np.ndarray) -> None:
+    slope = np.abs(values).max() / 32767
+    ds.RescaleSlope = pydicom.valuerep.format_number_as_ds(float(slope))
+    ds.PixelData = np.rint(values / float(ds.RescaleSlope)).astype(np.int16).tobytes()
+
+
+def test_decay_weighted_offset_matches_numerical_mean():
+    half_life, duration = 6586.2, 1800.0
+    lam = np.log(2) / half_life
+    t = np.linspace(0, duration, 100001)
+    t_ave = -np.log(np.trapezoid(np.exp(-lam * t), t) / duration) / lam
+    assert decay_weighted_offset_s(duration, half_life) == pytest.approx(t_ave, abs=1e-4)
+    assert decay_weighted_offset_s(duration, half_life) < duration / 2
+    np.testing.assert_allclose(decay_weighted_offset_s(np.array([1e-3, 10.0]), half_life), [5e-4, 5.0], rtol=1e-3)
+
+
+def test_round_trip_with_shuffled_names_nested_folders_and_junk(series_copy):
+    rng = random.Random(3)
+    files = sorted(series_copy.folder.glob("*.dcm"))
+    rng.shuffle(files)
+    for i, path in enumerate(files):  # names and folders carry no order; InstanceNumber scrambled
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = rng.randint(1, 10000)
+        target = series_copy.folder / f"sub{i % 3}" / f"x{rng.getrandbits(40):x}"
+        target.parent.mkdir(exist_ok=True)
+        ds.save_as(target)
+        path.unlink()
+    (series_copy.folder / "README").write_text("not DICOM")
+    (series_copy.folder / "meta.json").write_text("{}")
+    (series_copy.folder / "DICM.bin").write_bytes(b"\0" * 128 + b"DICM" + b"\1" * 50)  # DICOM-looking junk
+
+    study = load_dynamic_study(series_copy.folder)
+
+    _assert_matches_truth(study, series_copy)
+    dz, dy, dx = series_copy.voxel_size_mm
+    n_slices, rows, cols = series_copy.activity.shape[1:]
+    expected = np.diag([dx, dy, dz, 1.0])
+    expected[:3, 3] = [-(cols - 1) / 2 * dx, -(rows - 1) / 2 * dy, -(n_slices - 1) / 2 * dz]
+    np.testing.assert_allclose(study.affine, expected, atol=1e-6)
+    assert study.spacing_mm == pytest.approx((dz, dy, dx))
+    assert study.half_life_s == pytest.approx(series_copy.half_life_s)
+    assert len(study.slice_datasets) == n_slices
+    z = [float(ds.ImagePositionPatient[2]) for ds in study.slice_datasets]
+    assert z == sorted(z) and all(int(ds.ImageIndex) <= n_slices for ds in study.slice_datasets)
+    assert all("PixelData" not in ds for ds in study.slice_datasets)
+    assert study.series_instance_uid == study.slice_datasets[0].SeriesInstanceUID
+    assert study.study_instance_uid == study.slice_datasets[0].StudyInstanceUID
+    assert not any("DecayFactor" in note for note in study.notes)  # the writer's DecayFactor is consistent
+
+
+def test_frame_reference_time_path_when_acquisition_time_is_constant(series_copy, rewrite):
+    """Some systems write the series start as AcquisitionTime of every frame: FrameReferenceTime
+    (decay-weighted, PS3.3 C.8.9.4.1.5) then gives the frame start."""
+    def constant_acquisition(ds, frame, z):
+        ds.AcquisitionDate, ds.AcquisitionTime = ds.SeriesDate, ds.SeriesTime
+
+    rewrite(series_copy.folder, constant_acquisition)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert any("FrameReferenceTime" in note for note in study.notes)
+
+
+def test_grouping_by_time_without_image_index(series_copy, rewrite):
+    rewrite(series_copy.folder, lambda ds, frame, z: delattr(ds, "ImageIndex"))
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert any("grouped by FrameReferenceTime" in note for note in study.notes)
+
+
+def test_decay_correction_none_is_corrected_over_the_frame(series_copy, rewrite):
+    lam = _lam(series_copy)
+
+    def undo_decay_correction(ds, frame, z):
+        start, duration = series_copy.start_s[frame], series_copy.duration_s[frame]
+        frame_mean_decay = np.exp(-lam * start) * -np.expm1(-lam * duration) / (lam * duration)
+        _requantise(ds, series_copy.activity[frame, z].astype(np.float64) * frame_mean_decay)
+        ds.DecayCorrection = "NONE"
+        del ds.DecayFactor
+
+    rewrite(series_copy.folder, undo_decay_correction)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert any("NONE" in note for note in study.notes)
+
+
+def test_decay_correction_admin_is_taken_as_is(series_copy, rewrite):
+    def admin(ds, frame, z):
+        _requantise(ds, series_copy.activity[frame, z].astype(np.float64))
+        ds.DecayCorrection = "ADMIN"
+        ds.DecayFactor = float(ds.DecayFactor) * np.exp(_lam(series_copy) * series_copy.series_start_s)
+
+    rewrite(series_copy.folder, admin)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert not any("DecayFactor differs" in note for note in study.notes)
+
+
+def test_inconsistent_decay_factor_is_noted(series_copy, rewrite):
+    rewrite(series_copy.folder, lambda ds, f, z: setattr(ds, "DecayFactor", 1.0), where=lambda f, z: f == 4)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert any("DecayFactor differs" in note and "1 frame" in note for note in study.notes)
+
+
+def test_suv_units_are_converted_back_to_activity(series_copy, rewrite):
+    lam = _lam(series_copy)
+    dose_at_series_start = series_copy.dose_bq * np.exp(-lam * series_copy.series_start_s)
+
+    def to_suv(ds, frame, z):
+        bqml = series_copy.activity[frame, z].astype(np.float64) * np.exp(-lam * series_copy.series_start_s)
+        _requantise(ds, bqml * series_copy.weight_kg * 1000 / dose_at_series_start)
+        ds.Units = "GML"
+
+    rewrite(series_copy.folder, to_suv)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert any("GML" in note for note in study.notes)
+
+
+def test_philips_counts_with_activity_scale_factor(series_copy, rewrite):
+    def to_counts(ds, frame, z):
+        scale = 0.25 + 0.01 * z  # per-instance factor
+        ds.Units = "CNTS"
+        _requantise(ds, float(ds.RescaleSlope) * ds.pixel_array / scale)
+        block = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+        block.add_new(0x09, "DS", pydicom.valuerep.format_number_as_ds(scale))
+
+    rewrite(series_copy.folder, to_counts)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy, rtol=2e-4)
+
+
+def test_injection_time_only_and_crossing_midnight(series_copy, rewrite):
+    """Only RadiopharmaceuticalStartTime, injection 23:59 and the scan after midnight."""
+    first = pydicom.dcmread(next(series_copy.folder.glob("*.dcm")), stop_before_pixels=True)
+    injection = dt.datetime.strptime(
+        first.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartDateTime, "%Y%m%d%H%M%S.%f")
+    shift = dt.datetime(2024, 3, 9, 23, 59, 50) - injection
+
+    def shifted(date, time):
+        when = dt.datetime.strptime(date + time, "%Y%m%d%H%M%S.%f") + shift
+        return when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
+
+    def move(ds, frame, z):
+        for prefix in ("Study", "Series", "Acquisition", "Content"):
+            date, time = shifted(ds[prefix + "Date"].value, ds[prefix + "Time"].value)
+            ds[prefix + "Date"].value, ds[prefix + "Time"].value = date, time
+        item = ds.RadiopharmaceuticalInformationSequence[0]
+        item.RadiopharmaceuticalStartTime = "235950.000000"
+        del item.RadiopharmaceuticalStartDateTime
+
+    rewrite(series_copy.folder, move)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert any("previous day" in note for note in study.notes)
+
+
+def test_identical_duplicate_file_is_skipped(series_copy, caplog):
+    path = next(series_copy.folder.glob("*.dcm"))
+    shutil.copy(path, series_copy.folder / "copy_of_one_instance")
+    with caplog.at_level(logging.WARNING, logger="dynamic_pet.dicom_series"):
+        study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert any("duplicate" in note for note in study.notes)
+    assert any("duplicate" in record.getMessage() for record in caplog.records)
+
+
+def test_truncated_copy_is_skipped_when_an_intact_copy_exists(series_copy):
+    path = next(series_copy.folder.glob("*.dcm"))
+    (series_copy.folder / "partial_copy").write_bytes(path.read_bytes()[: path.stat().st_size // 2 + 100])
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+
+
+def test_picks_the_series_with_most_frames_and_honours_the_override(tmp_path, write_series):
+    many = write_series(tmp_path / "many")
+    few = write_series(tmp_path / "few", activity=many.activity[:4], frame_start_s=many.start_s[:4],
+                       frame_duration_s=many.duration_s[:4], series_description="four frames")
+    ct = tmp_path / "ct.dcm"
+    ds = pydicom.dcmread(next(few.folder.glob("*.dcm")))
+    ds.Modality, ds.SOPClassUID, ds.SeriesInstanceUID = "CT", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"
+    ds.save_as(ct)
+    study = load_dynamic_study(tmp_path)
+    assert study.activity.shape[0] == 6
+    assert any("2 dynamic PET series" in note for note in study.notes)
+    few_uid = pydicom.dcmread(next(few.folder.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
+    chosen = load_dynamic_study(tmp_path, series_instance_uid=few_uid)
+    assert chosen.activity.shape[0] == 4 and chosen.series_instance_uid == few_uid
+    with pytest.raises(InputError, match="Modality") as error:
+        load_dynamic_study(tmp_path, series_instance_uid="1.2.3.4")
+    assert error.value.path == str(ct)
+
+
+def test_logs_carry_no_patient_identifiers(series_copy, caplog, rewrite):
+    rewrite(series_copy.folder, lambda ds, f, z: setattr(ds, "AcquisitionTime", ds.SeriesTime))
+    with caplog.at_level(logging.DEBUG):
+        study = load_dynamic_study(series_copy.folder)
+    header = study.slice_datasets[0]
+    text = " ".join(r.getMessage() for r in caplog.records) + " ".join(study.notes)
+    assert caplog.records  # something was logged
+    for identifier in (str(header.PatientName), header.PatientID, header.StudyInstanceUID,
+                       header.SeriesDate, header.SeriesInstanceUID):
+        assert identifier not in text
+
+
+def test_series_time_rewritten_after_the_scan_falls_back_to_first_frame_start(series_copy, rewrite):
+    """A reprocessed series may carry a SeriesTime after the acquisition (QIBA SUV guidance): the START
+    reference is then the first frame start, which is where this series really started."""
+    def later_series_time(ds, frame, z):
+        ds.SeriesTime = (dt.datetime.strptime(ds.SeriesTime, "%H%M%S.%f") + dt.timedelta(hours=2)).strftime(
+            "%H%M%S.%f")
+
+    rewrite(series_copy.folder, later_series_time)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert any("reprocessed series" in note for note in study.notes)

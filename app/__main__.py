@@ -1,0 +1,89 @@
+"""Entry point: python -m app -i IN -o OUT [-m MODELS] [options]  (also: python app ...).
+
+Options come from the command line, else from environment variables, else defaults:
+  --method patlak|reddiff|hqs   PATLAK_METHOD        estimation method (default hqs... see DEFAULT_METHOD)
+  --t-star MIN                  PATLAK_T_STAR        start of the Patlak fit (default: first frame >= 20 min)
+  --input-function CSV          PATLAK_INPUT_FUNCTION  plasma curve instead of the image-derived one
+  --idif-mask NIFTI             PATLAK_IDIF_MASK     blood-pool mask instead of automatic detection
+  --device auto|cpu|cuda        PATLAK_DEVICE        where the diffusion prior runs (default auto)
+  --samples N                   PATLAK_SAMPLES       stochastic estimates; N > 1 adds a Ki SD map
+  --seed N                      PATLAK_SEED          sampler seed (default 0)
+  --series-uid UID              PATLAK_SERIES_UID    dynamic series to use when several qualify
+  --quiet                       PATLAK_QUIET=1       warnings and errors only
+Input, output and model folders: -i/-o/-m or HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH /
+HOLOSCAN_MODEL_PATH, as every MONAI Deploy application. Exit codes: 0 done, 2 bad input, 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python app`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DEFAULT_METHOD = "patlak"
+EXIT_BAD_INPUT = 2
+
+
+def _env(name: str, cast=str, default=None):
+    value = os.environ.get(name)
+    return default if value in (None, "") else cast(value)
+
+
+def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
+    """Split argv into this app's options and the SDK's own (-i/-o/-m/-w/-l)."""
+    ap = argparse.ArgumentParser(prog="python -m app", add_help=False)
+    ap.add_argument("--method", choices=("patlak", "reddiff", "hqs"),
+                    default=_env("PATLAK_METHOD", default=DEFAULT_METHOD))
+    ap.add_argument("--t-star", dest="t_star", type=float, default=_env("PATLAK_T_STAR", float))
+    ap.add_argument("--input-function", dest="input_function", default=_env("PATLAK_INPUT_FUNCTION"))
+    ap.add_argument("--idif-mask", dest="idif_mask", default=_env("PATLAK_IDIF_MASK"))
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_env("PATLAK_DEVICE", default="auto"))
+    ap.add_argument("--samples", type=int, default=_env("PATLAK_SAMPLES", int, 1))
+    ap.add_argument("--seed", type=int, default=_env("PATLAK_SEED", int, 0))
+    ap.add_argument("--series-uid", dest="series_uid", default=_env("PATLAK_SERIES_UID"))
+    ap.add_argument("--quiet", action="store_true", default=_env("PATLAK_QUIET", default="0") not in ("0", ""))
+    ap.add_argument("-h", "--help", action="store_true")
+    opts, rest = ap.parse_known_args(argv[1:])
+    if opts.help:
+        print(__doc__)
+        raise SystemExit(0)
+    if opts.samples < 1:
+        ap.error("--samples must be at least 1")
+    if opts.device == "auto":
+        import torch
+        opts.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if opts.quiet:
+        os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "WARN")  # read when holoscan starts
+        if not any(a in ("-l", "--log-level") for a in rest):
+            rest += ["-l", "WARN"]
+    # holoscan drops argv[0] (the interpreter) and the SDK parser then drops the program name
+    return vars(opts), [sys.executable, argv[0]] + rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    options, sdk_argv = parse_options(argv)
+    from app.app import PatlakApp
+
+    app = PatlakApp(argv=sdk_argv, options=options)
+    try:
+        app.run()
+    except RuntimeError as exc:
+        error = getattr(app, "input_error", None)
+        if error is not None:
+            logging.getLogger("app").error("bad input: %s", error)
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        logging.getLogger("app").error("failed: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -111,33 +111,47 @@ def fit_patlak(activity: np.ndarray, inp: InputFunction, *, half_life_min: float
     a = design_matrix(inp, frames)
     w = frame_weights(inp.frame_start_min[frames], inp.frame_end_min[frames], half_life_min) if weighted \
         else np.ones(frames.size)
-    gram = a.T @ (w[:, None] * a)
-    solve = np.linalg.solve(gram, (a * w[:, None]).T)  # (2, n): theta = solve @ y
-    n_dof = max(frames.size - 2, 1)
-
-    z_dim = activity.shape[1]
-    theta = np.empty((2,) + activity.shape[1:], np.float32)
-    r2 = np.empty(activity.shape[1:], np.float32)
-    var = np.empty(activity.shape[1:], np.float32)
-    for z0 in range(0, z_dim, chunk_slices):
-        y = activity[frames, z0:z0 + chunk_slices].astype(np.float64)  # (n, z, y, x)
-        flat = y.reshape(frames.size, -1)
-        th = solve @ flat
-        resid = flat - a @ th
-        rss = np.einsum("n,nv->v", w, resid ** 2)
-        ybar = np.einsum("n,nv->v", w, flat) / w.sum()
-        tss = np.einsum("n,nv->v", w, (flat - ybar) ** 2)
-        shape = y.shape[1:]
-        theta[:, z0:z0 + chunk_slices] = th.reshape((2,) + shape)
-        r2[z0:z0 + chunk_slices] = np.where(tss > 0, 1.0 - rss / np.maximum(tss, 1e-30), 0.0).reshape(shape)
-        var[z0:z0 + chunk_slices] = (rss / n_dof).reshape(shape)
-
+    theta, r2, var = solve_patlak(activity, frames, a, w, chunk_slices)
     if body_mask is None:
         body_mask = body_mask_from_activity(activity[frames].mean(axis=0))
     inv_var = _inverse_noise_variance(var, body_mask)
-    quad = PatlakQuadratic(theta_hat=theta, gram=gram, inv_var=inv_var, body_mask=body_mask)
+    quad = PatlakQuadratic(theta_hat=theta, gram=a.T @ (w[:, None] * a), inv_var=inv_var, body_mask=body_mask)
     log.info("Patlak: t* = %.2f min, %d frames, %d body voxels", t_star_min, frames.size, int(body_mask.sum()))
     return PatlakFit(ki=theta[0], v=theta[1], r2=r2, quadratic=quad, t_star_min=t_star_min, frames_used=frames)
+
+
+def solve_patlak(activity: np.ndarray, frames: np.ndarray, a: np.ndarray, w: np.ndarray,
+                 chunk_slices: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares y = a @ theta over ``frames`` for every voxel, ``chunk_slices`` slices at a time.
+
+    ``a`` is (n, 2) and ``w`` (n,) frame weights shared by all voxels, so per chunk the fit is one
+    (2, n) x (n, voxels) product: theta = G^-1 A^T W y with G = A^T W A. The residual sum of squares comes
+    from the same sums (rss = y^T W y - theta . A^T W y), so the frames are read three times and never
+    copied to float64; peak extra memory is one chunk of the used frames. Returns theta (2, Z, Y, X),
+    the weighted R^2 and the residual variance rss / (n - 2).
+    """
+    g_inv = np.linalg.inv(a.T @ (w[:, None] * a))
+    aw = (a * w[:, None]).T.astype(np.float32)  # (2, n)
+    w32 = w.astype(np.float32)
+    n_dof = max(frames.size - 2, 1)
+    spatial = activity.shape[1:]
+    theta = np.empty((2,) + spatial, np.float32)
+    r2 = np.empty(spatial, np.float32)
+    var = np.empty(spatial, np.float32)
+    for z0 in range(0, spatial[0], chunk_slices):
+        zs = slice(z0, z0 + chunk_slices)
+        flat = activity[frames, zs].reshape(frames.size, -1).astype(np.float32, copy=False)
+        b = (aw @ flat).astype(np.float64)  # A^T W y, (2, V)
+        th = g_inv @ b
+        yy = (w32 @ (flat * flat)).astype(np.float64)
+        sy = (w32 @ flat).astype(np.float64)
+        rss = np.maximum(yy - np.einsum("kv,kv->v", th, b), 0.0)
+        tss = yy - sy * sy / w.sum()
+        shape = (-1,) + spatial[1:]
+        theta[:, zs] = th.reshape((2,) + shape)
+        r2[zs] = np.where(tss > 0, 1.0 - rss / np.maximum(tss, 1e-30), 0.0).reshape(shape)
+        var[zs] = (rss / n_dof).reshape(shape)
+    return theta, r2, var
 
 
 def _inverse_noise_variance(var: np.ndarray, body_mask: np.ndarray, smooth_voxels: float = 1.5) -> np.ndarray:

@@ -9,6 +9,9 @@ Options come from the command line, else from environment variables, else defaul
   --samples N                   PATLAK_SAMPLES       stochastic estimates; N > 1 adds a Ki SD map
   --seed N                      PATLAK_SEED          sampler seed (default 0)
   --series-uid UID              PATLAK_SERIES_UID    dynamic series to use when several qualify
+  --send-to DEST                PATLAK_SEND_TO       also send the DICOM outputs: dicom://AET@host:port[?calling=AET]
+                                                     (C-STORE) or http(s)://host:port/dicom-web (STOW-RS)
+  --report / --no-report        PATLAK_REPORT=1|0    one-page PDF report (report.pdf + Encapsulated PDF), default on
   --quiet                       PATLAK_QUIET=1       warnings and errors only
 Input, output and model folders: -i/-o/-m or HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH /
 HOLOSCAN_MODEL_PATH, as every MONAI Deploy application. Exit codes: 0 done, 2 bad input, 1 failure.
@@ -46,6 +49,9 @@ def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     ap.add_argument("--samples", type=int, default=_env("PATLAK_SAMPLES", int, 1))
     ap.add_argument("--seed", type=int, default=_env("PATLAK_SEED", int, 0))
     ap.add_argument("--series-uid", dest="series_uid", default=_env("PATLAK_SERIES_UID"))
+    ap.add_argument("--send-to", dest="send_to", default=_env("PATLAK_SEND_TO"))
+    ap.add_argument("--report", action=argparse.BooleanOptionalAction,
+                    default=_env("PATLAK_REPORT", default="1") not in ("0", "false", "no"))
     ap.add_argument("--quiet", action="store_true", default=_env("PATLAK_QUIET", default="0") not in ("0", ""))
     ap.add_argument("-h", "--help", action="store_true")
     opts, rest = ap.parse_known_args(argv[1:])
@@ -54,6 +60,12 @@ def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
         raise SystemExit(0)
     if opts.samples < 1:
         ap.error("--samples must be at least 1")
+    if opts.send_to:
+        from dynamic_pet.dicom_send import parse_destination
+        try:
+            parse_destination(opts.send_to)
+        except ValueError as exc:
+            ap.error(str(exc))
     if opts.device == "auto":
         import torch
         opts.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -69,12 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     options, sdk_argv = parse_options(argv)
     from app.app import PatlakApp
+    from dynamic_pet.errors import InputError
 
     app = PatlakApp(argv=sdk_argv, options=options)
     try:
         app.run()
-    except RuntimeError as exc:
-        error = getattr(app, "input_error", None)
+    except Exception as exc:  # noqa: BLE001 - holoscan 4 re-raises the operator's own exception, older
+        # versions a RuntimeError; either way the InputError kept on the app decides the exit code
+        error = exc if isinstance(exc, InputError) else getattr(app, "input_error", None)
         if error is not None:
             logging.getLogger("app").error("bad input: %s", error)
             print(f"error: {error}", file=sys.stderr)

@@ -19,7 +19,7 @@ from pathlib import Path
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application
 
-from operators import (DynamicPetLoaderOperator, FrameSorterOperator, InputFunctionOperator,
+from operators import (DicomSendOperator, DynamicPetLoaderOperator, FrameSorterOperator, InputFunctionOperator,
                        ParametricEstimationOperator, ParametricWriterOperator)
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,19 @@ class PatlakApp(Application):
             self, method=opts.get("method", "patlak"), t_star_min=opts.get("t_star"),
             device=opts.get("device", "cpu"), samples=opts.get("samples", 1), seed=opts.get("seed", 0),
             model_dir=model_dir, name="parametric_estimation")
-        writer = ParametricWriterOperator(self, output_folder=Path(ctx.output_path),
-                                          run_options={k: v for k, v in opts.items() if v is not None},
+        # the destination stays out of summary.json: it may carry credentials
+        writer = ParametricWriterOperator(self, output_folder=Path(ctx.output_path), report=opts.get("report", True),
+                                          run_options={k: v for k, v in opts.items()
+                                                       if v is not None and k != "send_to"},
                                           name="parametric_writer")
         self.add_flow(loader, sorter, {("series", "series")})
         self.add_flow(sorter, idif, {("study", "study")})
         self.add_flow(idif, estimator, {("study", "study"), ("input_function", "input_function")})
         self.add_flow(estimator, writer, {("study", "study"), ("input_function", "input_function"),
                                           ("result", "result")})
+        if opts.get("send_to"):
+            sender = DicomSendOperator(self, destination=opts["send_to"], name="dicom_send")
+            self.add_flow(writer, sender, {("outputs", "outputs")})
 
 
 def _model_dir(model_path: str | None) -> Path:

@@ -52,7 +52,7 @@ def estimate(study: DynamicStudy, inp: InputFunction, *, method: str = "patlak",
     from .diffusion_prior import DiffusionPrior  # torch and the network only when a prior is asked for
     from . import samplers
 
-    prior = DiffusionPrior.load(model_dir, device=device)
+    prior = DiffusionPrior(model_dir, device=device)
     run = samplers.red_diff if method == "reddiff" else samplers.hqs
     t0 = time.perf_counter()
     draws = [run(prior, fit.quadratic, seed=seed + k, device=device, progress=progress)
@@ -60,6 +60,7 @@ def estimate(study: DynamicStudy, inp: InputFunction, *, method: str = "patlak",
     ki = np.mean([d[0] for d in draws], axis=0).astype(np.float32)
     v = np.mean([d[1] for d in draws], axis=0).astype(np.float32)
     ki_sd = np.std([d[0] for d in draws], axis=0, ddof=1).astype(np.float32) if samples > 1 else None
-    details = {"samples": max(1, samples), "seed": seed, "device": device, "prior": prior.describe(),
+    details = {"samples": max(1, samples), "seed": seed, "device": device,
+               "prior_weights_sha256": prior.weights_sha256,
                "sampler_seconds": round(time.perf_counter() - t0, 2)}
     return ParametricResult(method, ki, v, fit, ki_sd, details)

@@ -5,6 +5,7 @@ nifti/ki.nii.gz, nifti/v.nii.gz       (+ ki_sd.nii.gz with --samples > 1, r2.nii
                                       blood_pool_mask.nii.gz when the input function is image-derived)
 input_function.csv                    frame start/end (s) and plasma activity (Bq/mL)
 summary.json                          method, t*, frames, input function, timings, versions
+report.pdf, dicom/report/             one-page report, also as DICOM Encapsulated PDF (same study)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from . import __version__
 from .estimation import ParametricResult
 from .input_function import InputFunctionResult
 from .parametric_dicom import write_nifti, write_parametric_outputs
+from .report import write_report
 from .study import DynamicStudy
 
 METHOD_DESCRIPTIONS = {
@@ -40,8 +42,9 @@ def _versions() -> dict:
 
 
 def write_results(folder: Path, study: DynamicStudy, idif: InputFunctionResult, result: ParametricResult,
-                  run_options: dict | None = None) -> dict:
-    """Write all outputs of a run into ``folder``; returns the summary."""
+                  run_options: dict | None = None, report: bool = True) -> dict:
+    """Write all outputs of a run into ``folder``; returns the summary. ``report`` adds report.pdf and
+    its Encapsulated PDF copy (dicom/report/)."""
     folder = Path(folder)
     fit = result.fit
     description = f"{METHOD_DESCRIPTIONS[result.method]}, t*={fit.t_star_min:g} min"
@@ -73,5 +76,7 @@ def write_results(folder: Path, study: DynamicStudy, idif: InputFunctionResult, 
         "versions": _versions(),
         "research_use_only": True,
     }
+    if report:
+        write_report(folder, study, idif, result, summary)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

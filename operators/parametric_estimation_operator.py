@@ -34,8 +34,7 @@ class ParametricEstimationOperator(Operator):
         with timed(study.timings_s, f"estimation_{self.method}"):
             result = estimate(study, idif.input_function, method=self.method, t_star_min=self.t_star_min,
                               device=self.device, samples=self.samples, seed=self.seed,
-                              model_dir=self.model_dir,
-                              progress=lambda k, n: log.info("%s step %d/%d", self.method, k, n))
+                              model_dir=self.model_dir)  # the samplers log every step
         log.info("%s: t* %.1f min, %d frames", self.method, result.fit.t_star_min, result.fit.frames_used.size)
         op_output.emit(study, "study")
         op_output.emit(idif, "input_function")

@@ -17,8 +17,9 @@ class ParametricWriterOperator(Operator):
     """Receives ``study``, ``input_function`` and ``result``; writes everything into ``output_folder``
     through a staging folder, so the folder gets all outputs or none."""
 
-    def __init__(self, fragment: Fragment, *args, output_folder, run_options=None, **kwargs):
+    def __init__(self, fragment: Fragment, *args, output_folder, run_options=None, report=True, **kwargs):
         self.output_folder, self.run_options = Path(output_folder), dict(run_options or {})
+        self.report = report
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
@@ -35,7 +36,7 @@ class ParametricWriterOperator(Operator):
         result = op_input.receive("result")
         with staged_output(self.output_folder) as staging:
             with timed(study.timings_s, "writing"):
-                write_results(staging, study, idif, result, self.run_options)
+                write_results(staging, study, idif, result, self.run_options, report=self.report)
         dicom_files = sorted((self.output_folder / "dicom").rglob("*.dcm"))
         log.info("outputs written to %s (%d DICOM files)", self.output_folder, len(dicom_files))
         op_output.emit(dicom_files, "outputs")

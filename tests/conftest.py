@@ -103,3 +103,73 @@ def rewrite() -> Callable[..., list[Path]]:
 
     return apply
 # ======== END dynamic PET DICOM fixtures ========
+
+
+# ======== BEGIN application-level fixtures (owner: application faults / privacy worker) ========
+import subprocess
+import sys
+
+
+@dataclass(frozen=True)
+class PhantomDicom:
+    """The demo phantom's dynamic PET series and where each (frame, slice) instance lies."""
+
+    folder: Path
+    files: dict[tuple[int, int], str]  # (frame, slice), 0-based -> file name inside ``folder``
+    n_frames: int
+    n_slices: int
+
+
+@pytest.fixture(scope="session")
+def app_phantom(tmp_path_factory) -> PhantomDicom:
+    """The demo phantom study (seed 1000) written once per session by ``python -m phantom``: ``folder`` is its
+    ``dicom/``, beside ``truth/``. Do not modify.
+
+    ``--noiseless`` (exact frame-averaged activity): noise changes none of the paths the application tests
+    take, and the scanner simulation takes minutes on a shared 2-core machine.
+    """
+    out = tmp_path_factory.mktemp("app_phantom")
+    subprocess.run([sys.executable, "-m", "phantom", "--out", str(out), "--preset", "demo", "--noiseless",
+                    "--seed", "1000", "--quiet"], check=True, cwd=Path(__file__).resolve().parent.parent)
+    return _phantom_dicom(out / "dicom")
+
+
+@pytest.fixture(scope="session")
+def app_small_phantom(app_phantom, tmp_path_factory) -> PhantomDicom:
+    """Slices 0-23 of ``app_phantom`` as a 24-slice series: the automatic blood pool is still the aorta (it
+    lies in slices 1-18) and every application run takes half the time. Do not modify: use ``app_study``."""
+    keep = range(0, 24)
+    folder = tmp_path_factory.mktemp("app_small_phantom") / "dicom"
+    folder.mkdir()
+    for (frame, z), name in app_phantom.files.items():
+        if z in keep:
+            ds = pydicom.dcmread(app_phantom.folder / name)
+            ds.NumberOfSlices = len(keep)
+            ds.ImageIndex = frame * len(keep) + z - keep.start + 1
+            ds.save_as(folder / name)
+    return _phantom_dicom(folder)
+
+
+def _phantom_dicom(folder: Path) -> PhantomDicom:
+    files = {frame_and_slice(pydicom.dcmread(p, stop_before_pixels=True)): p.name for p in folder.glob("*.dcm")}
+    n_frames, n_slices = (max(k[i] for k in files) + 1 for i in (0, 1))
+    return PhantomDicom(folder, files, n_frames, n_slices)
+
+
+@pytest.fixture
+def app_study(app_small_phantom, tmp_path) -> PhantomDicom:
+    """A private copy of ``app_small_phantom`` that a test may edit."""
+    folder = tmp_path / "study"
+    shutil.copytree(app_small_phantom.folder, folder)
+    return PhantomDicom(folder, app_small_phantom.files, app_small_phantom.n_frames, app_small_phantom.n_slices)
+# ======== END application-level fixtures ========
+
+
+# ======== BEGIN phantom study fixture (owner: MAP packaging / report worker) ========
+@pytest.fixture(scope="session")
+def phantom_demo_study(app_phantom) -> Path:
+    """The demo phantom study folder (``dicom/`` and ``truth/``) of ``app_phantom`` above (seed 1000,
+    noiseless: ~13 s here against ~160 s for the 25%-dose noisy study), shared so one session simulates
+    it once. Do not modify it."""
+    return app_phantom.folder.parent
+# ======== END phantom study fixture ========

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
+from .patlak import mean_of_frames
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ def detect_blood_pool(activity: np.ndarray, frame_mid_min: np.ndarray, spacing_m
                          tag="(0054,1300) FrameReferenceTime")
     late = np.flatnonzero(frame_mid_min >= 0.7 * frame_mid_min[-1])
     sigma = [1.5, 1.5, 1.5]  # detection only: suppress noise before thresholding
-    peak = np.max([ndimage.gaussian_filter(activity[f], sigma) for f in early], axis=0)
-    late_img = ndimage.gaussian_filter(activity[late].mean(axis=0), sigma)
+    peak = ndimage.gaussian_filter(activity[early[0]], sigma)
+    for f in early[1:]:  # running maximum: one smoothed frame at a time, not all early frames at once
+        np.maximum(peak, ndimage.gaussian_filter(activity[f], sigma), out=peak)
+    late_img = ndimage.gaussian_filter(mean_of_frames(activity, late), sigma)
     top = np.percentile(peak, 99.95)
     if not np.isfinite(top) or top <= 0:
         raise InputError("the early frames hold no activity: no blood pool can be detected",

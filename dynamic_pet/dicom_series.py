@@ -786,6 +786,10 @@ def _read_instance(record: _Record, shape: tuple[int, int]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- entry
 
+# Rb-82 (76 s) to I-124 (4.2 d), with margin: anything outside is a header error, not a radionuclide.
+PLAUSIBLE_HALF_LIFE_S = (10.0, 1.0e7)
+
+
 @dataclass
 class DynamicSeries:
     """The instances of the chosen dynamic PET series, found but not yet sorted or decoded."""
@@ -849,8 +853,10 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
         if (record.get("n_frames_in_file") or 1) != 1:
             raise InputError("a classic PET instance must hold one frame", record.path, _tag("NumberOfFrames"))
     half_life_s = records[0].get("half_life_s", required=True)
-    if half_life_s <= 0:
-        raise InputError("half-life must be positive", records[0].path, _tag("RadionuclideHalfLife"))
+    if not PLAUSIBLE_HALF_LIFE_S[0] <= half_life_s <= PLAUSIBLE_HALF_LIFE_S[1]:
+        raise InputError(f"half-life {half_life_s:g} s is outside the range of PET radionuclides "
+                         f"({PLAUSIBLE_HALF_LIFE_S[0]:g}-{PLAUSIBLE_HALF_LIFE_S[1]:g} s)", records[0].path,
+                         _tag("RadionuclideHalfLife"))
     hint = _unreadable_hint(unreadable)
     normal = _slice_normal(records)
     frames = _sort_slices(_group_frames(records, root, notes, unreadable), normal, hint)

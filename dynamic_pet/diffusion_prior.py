@@ -48,7 +48,8 @@ class DiffusionPrior:
     def from_network(cls, net: torch.nn.Module, config, *, device: str | torch.device = "cpu",
                      batch_size: int = 32, autocast: str | None = None,
                      dtype: torch.dtype = torch.float32) -> "DiffusionPrior":
-        """A prior around an in-memory network and its ``ScoreNetConfig`` (tests, training checks)."""
+        """A prior around an in-memory network and its ``ScoreNetConfig`` (tests, training checks); the network
+        is moved to ``device``/``dtype`` in place."""
         prior = cls.__new__(cls)
         prior._setup(net, config, device, batch_size, autocast, dtype)
         prior.weights_sha256 = ""

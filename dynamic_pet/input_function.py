@@ -82,6 +82,8 @@ def read_input_function_csv(path: str | Path, frame_start_min: np.ndarray,
         else:
             raise InputError(f"the input-function CSV needs columns {', '.join(CSV_COLUMNS)} or "
                              f"time_s, cp_bq_per_ml; found {', '.join(sorted(cols))}", path=path)
+    except InputError:
+        raise
     except ValueError as exc:
         raise InputError(f"non-numeric value in the input-function CSV: {exc}", path=path) from exc
     if not np.all(np.isfinite(c)) or np.any(np.diff(t) <= 0):

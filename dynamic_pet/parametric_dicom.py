@@ -222,6 +222,7 @@ def _derived_pet_slice(source: pydicom.Dataset, values: np.ndarray, z: int,
     if "PatientOrientationCodeSequence" in ds:
         ds.pop("PatientPosition", None)  # General Series: not allowed beside the code sequence
     for keyword, value in series.items():
+        ds.pop(keyword, None)  # a source element may carry a wrong VR (e.g. LO): set it afresh
         setattr(ds, keyword, value)
     ds.SOPInstanceUID = hd.UID()
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime

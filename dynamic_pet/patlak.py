@@ -113,7 +113,7 @@ def fit_patlak(activity: np.ndarray, inp: InputFunction, *, half_life_min: float
         else np.ones(frames.size)
     theta, r2, var = solve_patlak(activity, frames, a, w, chunk_slices)
     if body_mask is None:
-        body_mask = body_mask_from_activity(activity[frames].mean(axis=0))
+        body_mask = body_mask_from_activity(mean_of_frames(activity, frames))
     inv_var = _inverse_noise_variance(var, body_mask)
     quad = PatlakQuadratic(theta_hat=theta, gram=a.T @ (w[:, None] * a), inv_var=inv_var, body_mask=body_mask)
     log.info("Patlak: t* = %.2f min, %d frames, %d body voxels", t_star_min, frames.size, int(body_mask.sum()))
@@ -152,6 +152,14 @@ def solve_patlak(activity: np.ndarray, frames: np.ndarray, a: np.ndarray, w: np.
         r2[zs] = np.where(tss > 0, 1.0 - rss / np.maximum(tss, 1e-30), 0.0).reshape(shape)
         var[zs] = (rss / n_dof).reshape(shape)
     return theta, r2, var
+
+
+def mean_of_frames(activity: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Mean image of ``frames``, summed one frame at a time: ``activity[frames].mean(0)`` would copy them all."""
+    total = np.zeros(activity.shape[1:], np.float32)
+    for f in frames:
+        total += activity[f]
+    return total / np.float32(len(frames))
 
 
 def _inverse_noise_variance(var: np.ndarray, body_mask: np.ndarray, smooth_voxels: float = 1.5) -> np.ndarray:

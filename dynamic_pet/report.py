@@ -12,6 +12,7 @@ the source study (patient and study attributes copied, new series).
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 from pathlib import Path
@@ -273,7 +274,7 @@ def encapsulated_pdf(pdf: bytes, sources: list[pydicom.Dataset]) -> pydicom.File
     ds = pydicom.FileDataset(None, pydicom.Dataset(), file_meta=meta, preamble=b"\0" * 128)
     for keyword in _COPIED:
         if keyword in source:
-            setattr(ds, keyword, source[keyword].value)
+            ds[keyword] = copy.deepcopy(source[keyword])  # the element as it is, not re-validated
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                     "ReferringPhysicianName", "StudyID", "AccessionNumber"):  # type 2: present, maybe empty
         ds.setdefault(keyword, "")

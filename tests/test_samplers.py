@@ -1,0 +1,147 @@
+"""RED-diff and HQS on a synthetic Patlak quadratic: determinism, mean preservation, denoising, precision."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from dynamic_pet.diffusion_prior import DiffusionPrior
+from dynamic_pet.patlak import PatlakQuadratic
+from dynamic_pet.samplers import hqs, red_diff
+from models.score_network import DEFAULT_MODEL_DIR, WEIGHTS_FILE, ScoreNetConfig, build_network
+
+torch.set_num_threads(1)
+TINY = ScoreNetConfig(channels=(8, 16, 16), attention_levels=(False, False, False), norm_num_groups=4,
+                      robust_level=0.35)
+SHIPPED = (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file()
+
+
+def patlak_gram() -> np.ndarray:
+    """A^T A of frame-mean Patlak regressors for 8 five-minute frames, 20-60 min, Feng-like input (kBq/mL)."""
+    t = np.linspace(0.0, 60.0, 60001)
+    tau = t - 0.5
+    cp = np.where(tau > 0, (851.1 * tau - 21.9 - 20.8) * np.exp(-4.134 * tau) + 21.9 * np.exp(-0.0104 * tau)
+                  + 20.8 * np.exp(-0.1191 * tau), 0.0) * 0.037  # uCi/mL -> kBq/mL x 1e-3 scale
+    icp = np.concatenate([[0.0], np.cumsum(0.5 * (cp[1:] + cp[:-1]) * np.diff(t))])
+    edges = np.searchsorted(t, np.arange(20.0, 61.0, 5.0))
+    a = np.array([[icp[i:j].mean(), cp[i:j].mean()] for i, j in zip(edges[:-1], edges[1:])])
+    return a.T @ a
+
+
+def synthetic_problem(seed: int = 0, z: int = 3, shape=(40, 44), noise: float = 0.1):
+    """Smooth Ki (mL/min/mL) and V (mL/mL) on an elliptic body with a blood pool (V ~0.9) and uptake blobs;
+    theta_hat = truth + N(0, sigma^2 gram^-1), ``noise`` = sigma relative to the body's mean late activity.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    body2d = ((yy - shape[0] / 2) / (0.42 * shape[0])) ** 2 + ((xx - shape[1] / 2) / (0.45 * shape[1])) ** 2 < 1
+    body = np.repeat(body2d[None], z, axis=0)
+    ki, v = np.zeros((z,) + shape), np.zeros((z,) + shape)
+    for k in range(z):
+        ki[k], v[k] = 0.01 * body2d, 0.1 * body2d
+        pool = (yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2 - 6) ** 2 < rng.uniform(4, 6) ** 2
+        ki[k], v[k] = np.where(pool, 0.0, ki[k]), np.where(pool, 0.9, v[k])
+        for _ in range(3):
+            cy, cx, r = rng.uniform(10, shape[0] - 10), rng.uniform(10, shape[1] - 10), rng.uniform(2, 5)
+            blob = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+            ki[k] += rng.uniform(0.01, 0.04) * blob
+            v[k] += rng.uniform(0.05, 0.4) * blob
+    truth = np.stack([ndimage.gaussian_filter(m, (0, 1.2, 1.2)) * body for m in (ki, v)]).astype(np.float32)
+    gram = patlak_gram()
+    mean_act = np.sqrt(gram.diagonal() / 8) @ truth[:, body].mean(axis=1)  # rms regressor x mean theta
+    sigma = noise * mean_act
+    chol = np.linalg.cholesky(np.linalg.inv(gram)) * sigma
+    theta_hat = truth + np.einsum("ij,j...->i...", chol, rng.standard_normal(truth.shape)).astype(np.float32)
+    inv_var = np.full(body.shape, 1.0 / sigma ** 2, np.float32)
+    return PatlakQuadratic(theta_hat=theta_hat, gram=gram, inv_var=inv_var, body_mask=body), truth
+
+
+def _random_prior(dtype=torch.float32) -> DiffusionPrior:
+    torch.manual_seed(0)
+    net = build_network(TINY)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():  # MONAI zero-initialises the output convolution
+                p.normal_(0.0, 0.05)
+    return DiffusionPrior.from_network(net, TINY, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return synthetic_problem()
+
+
+@pytest.fixture(scope="module")
+def tiny_prior():
+    return _random_prior()
+
+
+def _rmse(est, truth, body):
+    return float(np.sqrt(np.mean((est[body] - truth[body]) ** 2)))
+
+
+SAMPLERS = {
+    "red_diff_newton": lambda p, q, **kw: red_diff(p, q, steps=4, **kw),
+    "red_diff_adam": lambda p, q, **kw: red_diff(p, q, steps=4, optimizer="adam", **kw),
+    "hqs": lambda p, q, **kw: hqs(p, q, steps=5, **kw),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_deterministic_per_seed_and_varies_with_seed(name, problem, tiny_prior):
+    quad, _ = problem
+    run = SAMPLERS[name]
+    a, b, c = run(tiny_prior, quad, seed=3), run(tiny_prior, quad, seed=3), run(tiny_prior, quad, seed=4)
+    for k in range(2):
+        assert a[k].dtype == np.float32 and a[k].shape == quad.theta_hat.shape[1:]
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a[0], c[0])
+    outside = ~quad.body_mask
+    np.testing.assert_array_equal(a[0][outside], quad.theta_hat[0][outside])  # untouched outside the body
+
+
+def test_zero_prior_weight_returns_the_conventional_estimate(problem, tiny_prior):
+    """lam = 0 leaves only the data term, whose minimum is theta_hat: the scaling must round-trip."""
+    quad, _ = problem
+    for ki, v in (red_diff(tiny_prior, quad, steps=2, lam=0.0), hqs(tiny_prior, quad, steps=3, lam=0.0)):
+        np.testing.assert_allclose(ki, quad.theta_hat[0], rtol=0, atol=1e-4 * np.abs(ki).max())
+        np.testing.assert_allclose(v, quad.theta_hat[1], rtol=0, atol=1e-4 * np.abs(v).max())
+
+
+def test_float64_matches_float32(problem):
+    """Same seed, network and data in float64 vs float32: maps agree to 1e-4 of the Ki/V body maximum."""
+    quad, _ = problem
+    p32 = _random_prior()
+    p64 = DiffusionPrior.from_network(copy.deepcopy(p32.net), TINY, dtype=torch.float64)
+    for run in (SAMPLERS["red_diff_newton"], SAMPLERS["hqs"]):
+        a, b = run(p32, quad, seed=1), run(p64, quad, seed=1)
+        for k in range(2):
+            scale = np.abs(quad.theta_hat[k][quad.body_mask]).max()
+            assert np.abs(a[k] - b[k]).max() < 1e-4 * scale
+
+
+def test_progress_reports_every_step(problem, tiny_prior):
+    quad, _ = problem
+    calls = []
+    red_diff(tiny_prior, quad, t_schedule=[150, 80, 30], progress=lambda i, n, t: calls.append((i, n, t)))
+    assert calls == [(1, 3, 150), (2, 3, 80), (3, 3, 30)]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="shipped prior weights (models/prior) absent")
+@pytest.mark.parametrize("name", ["red_diff_newton", "hqs"])
+def test_trained_prior_reduces_error_and_keeps_the_mean(name, problem):
+    """With the shipped prior and default settings, both samplers beat the conventional estimate (measured:
+    RMSE about 0.55x for Ki and V) and keep the body's mean Ki within 3% and V within 5% (measured: Ki
+    +0.5%, V -2%; the prior shrinks hot V a little, and the Ki-V coupling of the data term passes part of
+    that to Ki)."""
+    quad, truth = problem
+    prior = DiffusionPrior()
+    ki, v = (red_diff if name == "red_diff_newton" else hqs)(prior, quad, seed=0)
+    body = quad.body_mask
+    for k, est in enumerate((ki, v)):
+        assert _rmse(est, truth[k], body) < 0.9 * _rmse(quad.theta_hat[k], truth[k], body)
+        assert est[body].mean() == pytest.approx(quad.theta_hat[k][body].mean(), rel=(0.03, 0.05)[k])

@@ -126,7 +126,9 @@ def test_results_arrive_in_the_same_study(pacs, phantom_demo_study, app_output):
     source = pydicom.dcmread(source_files[0], stop_before_pixels=True)
     outputs = _headers(app_output / "dicom")
     local = Counter(ds.SeriesInstanceUID for ds in outputs.values())
-    assert len(local) == 4  # Ki and V, each as a Parametric Map and as a derived PET series
+    # Ki and V, each as a Parametric Map and as a derived PET series, and the report as Encapsulated PDF
+    assert len(local) == 5
+    assert sum(ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1" for ds in outputs.values()) == 1
     (study,) = pacs.get("/studies").json()
     assert pacs.get(f"/studies/{study}").json()["MainDicomTags"]["StudyInstanceUID"] == source.StudyInstanceUID
     assert _series_in_pacs(pacs) == {source.SeriesInstanceUID: len(source_files), **dict(local)}

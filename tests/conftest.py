@@ -173,3 +173,26 @@ def phantom_demo_study(app_phantom) -> Path:
     it once. Do not modify it."""
     return app_phantom.folder.parent
 # ======== END phantom study fixture ========
+
+
+# ---------------------------------------------------------------- shared: header mutation for fault tests
+RADIOPHARMACEUTICAL_KEYWORDS = {"RadionuclideHalfLife", "RadiopharmaceuticalStartDateTime",
+                                "RadiopharmaceuticalStartTime", "RadionuclideTotalDose"}
+
+
+def set_header_value(ds: pydicom.Dataset, keyword: str, value) -> None:
+    """Set (or with None delete) ``keyword`` however malformed ``value`` is, in the radiopharmaceutical
+    item for its attributes. Integers are clamped to the VR's range; anything else is stored as LO, which
+    takes any text, so garbage reaches the loader unchanged."""
+    target = ds.RadiopharmaceuticalInformationSequence[0] if keyword in RADIOPHARMACEUTICAL_KEYWORDS else ds
+    if value is None:
+        if keyword in target:
+            delattr(target, keyword)
+        return
+    vr = pydicom.datadict.dictionary_VR(keyword)
+    if vr in ("US", "SS", "UL", "SL"):
+        value = int(value) if isinstance(value, int) or str(value).strip().lstrip("-").isdigit() else 0
+        value = min(max(value, 0), 65535)
+    else:
+        vr, value = "LO", str(value)
+    target[keyword] = pydicom.DataElement(pydicom.datadict.tag_for_keyword(keyword), vr, value)

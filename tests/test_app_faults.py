@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+
+from conftest import RADIOPHARMACEUTICAL_KEYWORDS, set_header_value
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
@@ -233,8 +235,7 @@ def test_command_line_exit_code_and_no_traceback(tmp_path):
 
 # ------------------------------------------------------------------------- property: exit 0 whole, or exit 2
 
-_IN_SEQUENCE = {"RadionuclideHalfLife", "RadiopharmaceuticalStartDateTime", "RadiopharmaceuticalStartTime",
-                "RadionuclideTotalDose"}
+_IN_SEQUENCE = RADIOPHARMACEUTICAL_KEYWORDS
 _KEYWORDS = ["FrameReferenceTime", "ActualFrameDuration", "Units", "DecayCorrection", "DecayFactor",
              "RescaleSlope", "RescaleIntercept", "ImagePositionPatient", "AcquisitionTime", "SeriesTime",
              "PatientWeight", "NumberOfTimeSlices", *sorted(_IN_SEQUENCE)]
@@ -247,20 +248,6 @@ _VALUES = st.one_of(
 )
 _SCOPES = {"instance": lambda f, z, i: (f, z) == i, "frame": lambda f, z, i: f == i[0],
            "slice": lambda f, z, i: z == i[1], "series": lambda f, z, i: True}
-
-
-def _set(ds: pydicom.Dataset, keyword: str, value: str | None) -> None:
-    target = ds.RadiopharmaceuticalInformationSequence[0] if keyword in _IN_SEQUENCE else ds
-    if value is None:
-        if keyword in target:
-            delattr(target, keyword)
-        return
-    vr = pydicom.datadict.dictionary_VR(keyword)
-    if vr in ("US", "SS", "UL", "SL"):
-        value = min(max(int(float(value)), 0), 65535) if value.strip().lstrip("-").isdigit() else 0
-    else:  # any text at all, stored as LO so that malformed numbers and times reach the loader unchanged
-        vr = "LO"
-    target[keyword] = pydicom.DataElement(pydicom.datadict.tag_for_keyword(keyword), vr, value)
 
 
 @settings(max_examples=int(os.environ.get("APP_FAULT_EXAMPLES", 8)), deadline=None,
@@ -279,7 +266,7 @@ def test_random_header_mutation_gives_whole_result_or_clean_refusal(app_small_ph
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                edit(study, lambda ds, f, zz: _set(ds, keyword, value), lambda f, zz: _SCOPES[scope](f, zz, target))
+                edit(study, lambda ds, f, zz: set_header_value(ds, keyword, value), lambda f, zz: _SCOPES[scope](f, zz, target))
         except Exception:  # noqa: BLE001 - pydicom cannot write this value at all: not an input a site can send
             reject()
         code, log = run_app(capfd, study.folder, root / "out")

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+
+from conftest import RADIOPHARMACEUTICAL_KEYWORDS, set_header_value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -249,29 +251,13 @@ _MUTABLE = ["FrameReferenceTime", "ActualFrameDuration", "ImagePositionPatient",
             "SeriesTime", "SeriesDate", "SeriesInstanceUID", "Modality", "SOPClassUID", "BitsAllocated",
             "PixelRepresentation", "SeriesType", "RadionuclideHalfLife", "RadiopharmaceuticalStartDateTime",
             "RadiopharmaceuticalStartTime", "RadionuclideTotalDose", "PatientWeight"]
-_IN_SEQUENCE = {"RadionuclideHalfLife", "RadiopharmaceuticalStartDateTime", "RadiopharmaceuticalStartTime",
-                "RadionuclideTotalDose"}
+_IN_SEQUENCE = RADIOPHARMACEUTICAL_KEYWORDS
 _CHANGES_VALUES = {"RescaleSlope", "RescaleIntercept"}  # a different valid value is undetectable
 _TEXT = st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(str),
                   st.integers(-10**6, 10**6).map(str), st.sampled_from(["", "0", "-1", "1e308", "20240101",
                                                                         "120000", "BQML", "ADMIN", "PT", "\\"]))
 _MUTATION = st.tuples(st.sampled_from(_MUTABLE), st.one_of(st.none(), _TEXT, st.integers(0, 70000)),
                       st.integers(0, 47), st.booleans())
-
-
-def _mutate(ds: pydicom.Dataset, keyword: str, value) -> None:
-    target = ds.RadiopharmaceuticalInformationSequence[0] if keyword in _IN_SEQUENCE else ds
-    if value is None:
-        if keyword in target:
-            delattr(target, keyword)
-        return
-    vr = pydicom.datadict.dictionary_VR(keyword)
-    if vr in ("US", "SS", "UL", "SL"):
-        value = int(value) if isinstance(value, int) or str(value).lstrip("-").isdigit() else 0
-        value = min(max(value, 0), 65535)
-    else:  # any text, valid or not: stored with VR LO, which takes any text, so garbage reaches the loader
-        vr, value = "LO", str(value)
-    target[keyword] = pydicom.DataElement(pydicom.datadict.tag_for_keyword(keyword), vr, value)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -285,7 +271,7 @@ def test_random_header_mutation_loads_correctly_or_raises_input_error(written_se
         ds = pydicom.dcmread(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _mutate(ds, keyword, value)
+            set_header_value(ds, keyword, value)
             try:
                 ds.save_as(path)
             except Exception:  # noqa: BLE001 - pydicom cannot even write this value; nothing to test

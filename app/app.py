@@ -13,7 +13,6 @@ Workflow (compose): load the dynamic series -> sort frames and slices into Bq/mL
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from monai.deploy.conditions import CountCondition

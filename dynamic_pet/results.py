@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def write_results(folder: Path, study: DynamicStudy, idif: InputFunctionResult, 
                   run_options: dict | None = None, report: bool = True) -> dict:
     """Write all outputs of a run into ``folder``; returns the summary. ``report`` adds report.pdf and
     its Encapsulated PDF copy (dicom/report/)."""
+    t0 = time.perf_counter()
     folder = Path(folder)
     fit = result.fit
     description = f"{METHOD_DESCRIPTIONS[result.method]}, t*={fit.t_star_min:g} min"
@@ -57,6 +59,7 @@ def write_results(folder: Path, study: DynamicStudy, idif: InputFunctionResult, 
         write_nifti(idif.mask.astype(np.uint8), study.affine, nifti / "blood_pool_mask.nii.gz")
     idif.input_function.write_csv(folder / "input_function.csv")
     body = fit.quadratic.body_mask
+    study.timings_s["writing"] = round(time.perf_counter() - t0, 3)  # DICOM and NIfTI, before the summary
     summary = {
         "method": result.method,
         "method_description": description,

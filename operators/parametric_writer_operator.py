@@ -8,7 +8,7 @@ from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from dynamic_pet.output_staging import staged_output
 from dynamic_pet.results import write_results
 
-from .common import keeps_input_error, timed
+from .common import keeps_input_error
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ class ParametricWriterOperator(Operator):
         idif = op_input.receive("input_function")
         result = op_input.receive("result")
         with staged_output(self.output_folder) as staging:
-            with timed(study.timings_s, "writing"):
-                write_results(staging, study, idif, result, self.run_options, report=self.report)
+            write_results(staging, study, idif, result, self.run_options, report=self.report)
         dicom_files = sorted((self.output_folder / "dicom").rglob("*.dcm"))
         log.info("outputs written to %s (%d DICOM files)", self.output_folder, len(dicom_files))
         op_output.emit(dicom_files, "outputs")

@@ -17,10 +17,6 @@ class Preset:
     osem_iterations: int = 3
     osem_subsets: int = 8
 
-    @property
-    def fov_depth_mm(self) -> tuple[float, float]:
-        return self.depth_range_mm
-
 
 PRESETS = {
     # Chest and upper abdomen: heart, aorta, lungs, liver, spleen; seconds to simulate.

@@ -183,6 +183,12 @@ def test_units_changing_between_instances(series_copy, rewrite):
     _refused(series_copy.folder, "Units", path, match="differs between instances")
 
 
+def test_instance_from_another_study(series_copy, rewrite):
+    [path] = rewrite(series_copy.folder, lambda ds, f, z: setattr(ds, "StudyInstanceUID", "1.2.3.4"),
+                     where=lambda f, z: (f, z) == (2, 3))
+    _refused(series_copy.folder, "StudyInstanceUID", path, match="differs between instances")
+
+
 def test_suv_without_weight_or_decay_correction(series_copy, rewrite):
     rewrite(series_copy.folder, lambda ds, f, z: (setattr(ds, "Units", "GML"), delattr(ds, "PatientWeight")))
     _refused(series_copy.folder, "PatientWeight", match="missing")

@@ -14,7 +14,7 @@ from matplotlib.image import imread
 from dynamic_pet.dicom_series import load_dynamic_study
 from dynamic_pet.estimation import estimate
 from dynamic_pet.input_function import input_function_for_study
-from dynamic_pet.report import NOTICE, encapsulated_pdf, hot_regions, read_encapsulated_pdf, write_report
+from dynamic_pet.report import encapsulated_pdf, hot_regions, read_encapsulated_pdf, write_report
 from dynamic_pet.results import write_results
 
 pytestmark = pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="poppler-utils not installed")

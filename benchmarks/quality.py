@@ -36,6 +36,7 @@ from skimage.metrics import structural_similarity
 from dynamic_pet.input_function import InputFunction
 from dynamic_pet.patlak import fit_patlak
 from phantom.anatomy import LABELS, LESION_BASE
+from phantom.presets import PRESETS
 from phantom.simulate import simulate_study
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,7 +84,7 @@ def hypr_lr(activity: np.ndarray, frames: np.ndarray, sigma: float) -> np.ndarra
     return out
 
 
-def estimate(method: str, activity, inp, sigmas: dict, device: str, prior=None):
+def estimate(method: str, activity, inp, sigmas: dict, device: str, prior=None, spacing_mm=None):
     fit = fit_patlak(activity, inp)
     if method == "patlak":
         return fit.ki, fit.v
@@ -94,7 +95,7 @@ def estimate(method: str, activity, inp, sigmas: dict, device: str, prior=None):
         return fit.ki, fit.v
     from dynamic_pet import samplers
     run = samplers.red_diff if method == "reddiff" else samplers.hqs
-    return run(prior, fit.quadratic, seed=0, device=device)
+    return run(prior, fit.quadratic, axes=samplers.slice_axes(spacing_mm), seed=0, device=device)
 
 
 def psnr(x, ref, mask) -> float:
@@ -233,7 +234,8 @@ def main(argv=None) -> int:
                 inp = true_input(noisy)
                 for m in args.methods:
                     t0 = time.perf_counter()
-                    ki, v = estimate(m, noisy.activity, inp, sigmas.get(dose, {}), args.device, prior)
+                    ki, v = estimate(m, noisy.activity, inp, sigmas.get(dose, {}), args.device, prior,
+                                     PRESETS[preset].voxel_mm)
                     row = {"preset": preset, "seed": seed, "dose": dose, "method": m,
                            "seconds": time.perf_counter() - t0, **metrics(case, ki, v)}
                     rows.append(row)

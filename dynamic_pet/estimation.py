@@ -55,12 +55,13 @@ def estimate(study: DynamicStudy, inp: InputFunction, *, method: str = "patlak",
     prior = DiffusionPrior(model_dir, device=device)
     run = samplers.red_diff if method == "reddiff" else samplers.hqs
     t0 = time.perf_counter()
-    draws = [run(prior, fit.quadratic, seed=seed + k, device=device, progress=progress)
+    axes = samplers.slice_axes(study.spacing_mm)
+    draws = [run(prior, fit.quadratic, axes=axes, seed=seed + k, device=device, progress=progress)
              for k in range(max(1, samples))]
     ki = np.mean([d[0] for d in draws], axis=0).astype(np.float32)
     v = np.mean([d[1] for d in draws], axis=0).astype(np.float32)
     ki_sd = np.std([d[0] for d in draws], axis=0, ddof=1).astype(np.float32) if samples > 1 else None
     details = {"samples": max(1, samples), "seed": seed, "device": device,
-               "prior_weights_sha256": prior.weights_sha256,
+               "prior_weights_sha256": prior.weights_sha256, "slice_axes": list(axes),
                "sampler_seconds": round(time.perf_counter() - t0, 2)}
     return ParametricResult(method, ki, v, fit, ki_sd, details)

@@ -8,7 +8,9 @@ Scaled space. The prior was trained on static PET slices; Ki and V are each mapp
 (V smoothed by a 1-voxel Gaussian before the percentile), so each map's robust maximum lands where the
 training volumes' did (``level`` = ``prior.config.robust_level``, a fraction of the range; the handbook's
 prototype used 0.8 with its own training normalisation). Outside the body x is held at lo (the training
-background). Ki and V slices run as one batch of 2*Z slices, cropped to the body's bounding box. With
+background). Ki and V run as one batch of 2D slices, cropped to the body's bounding box; the slices are cut
+across a different volume axis (axial, coronal, sagittal) from step to step where the voxels are
+near-cubic, so the 2D prior acts in all three directions. With
 theta = a (x - lo), a = s / (hi - lo), the data term becomes D(x) = 0.5 (x - x_hat)^T P (x - x_hat) per
 voxel, P = inv_var * diag(a) gram diag(a): P is the inverse covariance of the conventional estimate in
 scaled units, so the prior weights ``lam`` below are precisions in (scaled unit)^-2 and the prior's pull
@@ -37,28 +39,29 @@ Progress = Callable[[int, int, int], None]  # (step index from 1, number of step
 
 @dataclass(frozen=True)
 class RedDiffDefaults:
-    """RED-diff defaults, chosen on validation phantom seed 1000 (demo preset, 25% dose, shipped prior) and
-    checked on seed 1001; the quality benchmark over more validation seeds is the place to refine them.
-    PSNR below is Ki against the full-count (noise-free) Patlak reference, conventional Patlak 29.8 dB.
+    """RED-diff defaults, chosen on validation phantom seed 1090 (demo preset, 25% and 10% dose) with the
+    slices cut along all three axes in turn (:func:`slice_axes`). PSNR is Ki / V against the full-count
+    Patlak reference; on that seed conventional Patlak scores 27.7 / 15.4 dB (25%), Gaussian 37.9 / 26.5,
+    HYPR-LR 39.4 / 25.6 (see ``benchmarks/results/quality.md`` for the held-out seeds).
 
     Attributes
     ----------
     steps: network evaluations (descending t, evenly spaced from t_max to t_min).
     lam: prior weight; with w_t = sqrt(1 - ab_t) / sqrt(ab_t) (Mardani et al.) the regulariser gradient
         lam * w_t * (eps_hat - eps) equals lam * (mu - x0_hat(x_t)), so lam is the precision given to the
-        prior's denoised estimate, comparable with P (median ~500 for Ki, ~130 for V at 25% dose).
-        100 / 300 / 1000: 35.8 / 37.4 / 37.6 dB (t 100 to 10), and a larger lam shifts the body's mean more.
-    lr: step length of 'newton'; 1 is the exact minimiser of the data term plus lam/2 |mu - x0_hat|^2;
-        0.7 scored 0.3 dB better.
-    t_max, t_min: diffusion steps visited. The robust-maximum scaling puts the Patlak noise at
-        sigmabar ~0.03-0.2, i.e. t ~10-100: t 60 to 10 (38.4 dB) beat 100 to 10 (38.1) and 200 to 20 (36.0).
-    adam_lr: step length of the paper's Adam update: 10 steps at 0.02 reached 36.5 dB, Newton 38.4 in 6.
+        prior's denoised estimate, comparable with P. At t 60 to 10, 100 / 300 / 1000 gave 35.2 / 37.5 /
+        38.2 dB Ki at 25%; 600 at t 40 to 10 gave 38.7 / 27.4 dB (10%: 36.1 / 25.3). Larger weights pull
+        lesions further down (lesion Ki against the reference -13% at 600, -20% at 1000).
+    lr: step length of 'newton'; 1 is the exact minimiser of the data term plus lam/2 |mu - x0_hat|^2.
+    t_max, t_min: diffusion steps visited: 40 to 10 beat 60 to 10 and 30 to 5.
+    adam_lr: step length of the paper's Adam update (10 steps at 0.02 reached 36.5 dB, Newton 38.4 in 6,
+        both with axial slices only).
     """
 
     steps: int = 6
-    lam: float = 300.0
+    lam: float = 600.0
     lr: float = 0.7
-    t_max: int = 60
+    t_max: int = 40
     t_min: int = 10
     adam_lr: float = 0.02
 
@@ -68,15 +71,16 @@ class HqsDefaults:
     """HQS / DiffPIR defaults: rho_t = lam / sigmabar_t^2, sigmabar_t^2 = (1 - ab_t) / ab_t (the data term
     is already divided by each voxel's noise variance, so DiffPIR's sigma_n^2 is 1 here).
 
-    Chosen like :class:`RedDiffDefaults`: lam 1 beat 5 and 20 (38.6 / 37.5 / 36.7 dB at t_start 100);
-    zeta 1 beat 0.3 on both validation seeds (Ki +1.2 dB, V +1.8 dB); t_start 100 rather than the
-    handbook's 200, because this prior's scaling puts the Patlak noise near t ~10-100; 20 steps scored
-    0.6 dB more than 10 at twice the cost.
+    Chosen like :class:`RedDiffDefaults` (Ki / V dB, 25% and 10% dose): t_start 150 / 100 / 60 / 40 / 25:
+    38.2 / 39.2 / 39.8 / 40.2 / 40.6 and 36.1 / 37.1 / 37.8 / 38.3 / 38.7 Ki; lam 1 beat 0.5, 1.5, 2 and 3;
+    zeta 1 beat 0.5 and 0.7; 15 or 20 steps did not beat 10. Slicing along the three axes in turn rather
+    than axially only: +1.3 / +1.5 dB at no extra cost (averaging the three directions every step: the same
+    at three times the cost).
     """
 
     steps: int = 10
     lam: float = 1.0
-    t_start: int = 100
+    t_start: int = 25
     zeta: float = 1.0
 
 
@@ -84,6 +88,7 @@ RED_DIFF = RedDiffDefaults()
 HQS = HqsDefaults()
 ROBUST_PERCENTILE = 99.9
 CROP_MARGIN = 4
+MAX_ANISOTROPY = 1.3
 
 
 @dataclass
@@ -162,9 +167,26 @@ def unscale(x: torch.Tensor, prob: _Scaled, quad: PatlakQuadratic) -> tuple[np.n
     return out[0], out[1]
 
 
-def _eps(prior, x: torch.Tensor, t: int) -> torch.Tensor:
-    """Noise prediction for the (2, Z, H, W) stack of Ki and V slices, as one batch of 2Z slices."""
-    return prior.eps(x.reshape(-1, 1, *x.shape[-2:]), t).reshape(x.shape)
+def _eps(prior, x: torch.Tensor, t: int, axis: int = 0) -> torch.Tensor:
+    """Noise prediction for the (2, Z, H, W) stack of Ki and V, cut into 2D slices across volume ``axis``
+    (0 axial, 1 coronal, 2 sagittal) and run as one batch of slices."""
+    if axis == 0:
+        return prior.eps(x.reshape(-1, 1, *x.shape[-2:]), t).reshape(x.shape)
+    moved = x.movedim(axis + 1, 1).contiguous()
+    out = prior.eps(moved.reshape(-1, 1, *moved.shape[-2:]), t).reshape(moved.shape)
+    return out.movedim(1, axis + 1)
+
+
+def slice_axes(spacing_mm: Sequence[float] | None, max_anisotropy: float = MAX_ANISOTROPY) -> tuple[int, ...]:
+    """Volume axes the 2D prior cuts slices across, in turn from step to step: all three (axial, coronal,
+    sagittal) when the voxels are near-cubic, so that every direction gets the prior's smoothing at no extra
+    cost per step; axial only when the largest voxel side exceeds the smallest by more than
+    ``max_anisotropy`` (coronal slices of thick-slice data would not look like the prior's training slices)
+    or when the spacing is unknown."""
+    if spacing_mm is None:
+        return (0,)
+    sp = [float(v) for v in spacing_mm]
+    return (0, 1, 2) if max(sp) <= max_anisotropy * min(sp) else (0,)
 
 
 def _noise(gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -192,7 +214,8 @@ def descending_steps(t_max: int, t_min: int, steps: int) -> list[int]:
 
 def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: float = RED_DIFF.lam,
              lr: float | None = None, optimizer: str = "newton", t_schedule: Sequence[int] | None = None,
-             seed: int = 0, device=None, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+             axes: Sequence[int] = (0,), seed: int = 0, device=None,
+             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """RED-diff (Mardani, Song, Kautz, Vahdat, ICLR 2024) on the Patlak quadratic.
 
     mu starts at theta_hat (scaled). At each step t (descending): x_t = sqrt(ab) mu + sqrt(1 - ab) eps,
@@ -208,6 +231,8 @@ def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: 
         descending diffusion steps (then ``steps`` is ignored).
     lam: prior weight (precision in scaled units, see :class:`RedDiffDefaults`).
     lr: step length; default ``RED_DIFF.lr`` (newton) or ``RED_DIFF.adam_lr`` (adam).
+    axes: volume axes the 2D prior slices across, taken in turn from step to step (:func:`slice_axes`):
+        (0,) axial only; (0, 1, 2) axial, coronal, sagittal (for near-cubic voxels).
     seed: seed of the noise; the result is deterministic for a seed on CPU.
     device: compute device; default the prior's.
     progress: called as progress(step, n_steps, t) after every step.
@@ -227,7 +252,7 @@ def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: 
     for i, t in enumerate(ts, 1):
         ab = float(prior.alphas_cumprod[t])
         eps = _noise(gen, mu)
-        eps_hat = _eps(prior, ab ** 0.5 * mu + (1 - ab) ** 0.5 * eps, t)
+        eps_hat = _eps(prior, ab ** 0.5 * mu + (1 - ab) ** 0.5 * eps, t, axes[(i - 1) % len(axes)])
         g = prob.hess(mu - prob.x_hat) + lam * ((1 - ab) / ab) ** 0.5 * (eps_hat - eps)
         if adam is None:
             mu = mu - lr * prob.solve(lam, g)
@@ -241,8 +266,8 @@ def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: 
 
 
 def hqs(prior, quad: PatlakQuadratic, *, steps: int = HQS.steps, lam: float = HQS.lam,
-        t_start: int = HQS.t_start, zeta: float = HQS.zeta, seed: int = 0, device=None,
-        progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        t_start: int = HQS.t_start, zeta: float = HQS.zeta, axes: Sequence[int] = (0,), seed: int = 0,
+        device=None, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Half-quadratic splitting with a diffusion denoiser (DiffPIR, Zhu et al., CVPRW 2023).
 
     Start from theta_hat (scaled) noised to ``t_start``. Per step t (evenly spaced from t_start to 0):
@@ -253,7 +278,7 @@ def hqs(prior, quad: PatlakQuadratic, *, steps: int = HQS.steps, lam: float = HQ
 
     Parameters
     ----------
-    prior, quad, seed, device, progress: as for :func:`red_diff`.
+    prior, quad, axes, seed, device, progress: as for :func:`red_diff`.
     steps: network evaluations.
     lam: prior weight relative to 1 / sigmabar_t^2.
     t_start: diffusion step the Patlak maps are noised to.
@@ -270,7 +295,7 @@ def hqs(prior, quad: PatlakQuadratic, *, steps: int = HQS.steps, lam: float = HQ
     t0 = time.perf_counter()
     for i, t in enumerate(ts, 1):
         ab = float(prior.alphas_cumprod[t])
-        x0 = (x - (1 - ab) ** 0.5 * _eps(prior, x, t)) / ab ** 0.5
+        x0 = (x - (1 - ab) ** 0.5 * _eps(prior, x, t, axes[(i - 1) % len(axes)])) / ab ** 0.5
         rho = lam * ab / (1 - ab)
         x0 = prob.hold_background(prob.solve(rho, prob.hess(prob.x_hat) + rho * x0))
         _report(progress, "HQS", i, len(ts), t, t0)

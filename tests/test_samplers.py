@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from dynamic_pet.diffusion_prior import DiffusionPrior
 from dynamic_pet.patlak import PatlakQuadratic
-from dynamic_pet.samplers import hqs, red_diff
+from dynamic_pet.samplers import _eps, hqs, red_diff, slice_axes
 from models.score_network import DEFAULT_MODEL_DIR, WEIGHTS_FILE, ScoreNetConfig, build_network
 
 torch.set_num_threads(1)
@@ -145,3 +145,23 @@ def test_trained_prior_reduces_error_and_keeps_the_mean(name, problem):
     for k, est in enumerate((ki, v)):
         assert _rmse(est, truth[k], body) < 0.9 * _rmse(quad.theta_hat[k], truth[k], body)
         assert est[body].mean() == pytest.approx(quad.theta_hat[k][body].mean(), rel=(0.03, 0.05)[k])
+
+
+def test_slice_axes_cycle_only_for_near_cubic_voxels():
+    assert slice_axes((4.0, 4.0, 4.0)) == (0, 1, 2)
+    assert slice_axes((4.0, 3.5, 3.5)) == (0, 1, 2)
+    assert slice_axes((2.0, 4.07, 4.07)) == (0,)  # thin slices: coronal cuts would be stretched
+    assert slice_axes((5.0, 2.0, 2.0)) == (0,)
+    assert slice_axes(None) == (0,)
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_noise_prediction_across_an_axis_is_the_prediction_of_those_slices(axis, tiny_prior):
+    """_eps along a coronal or sagittal axis equals running the network on those 2D slices one by one."""
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(2, 5, 12, 14)).astype(np.float32))
+    got = _eps(tiny_prior, x, 40, axis)
+    for k in range(x.shape[axis + 1]):
+        cut = x.select(axis + 1, k)  # (2, A, B)
+        want = tiny_prior.eps(cut[:, None], 40)[:, 0]
+        torch.testing.assert_close(got.select(axis + 1, k), want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, _eps(tiny_prior, x, 40, 0), atol=1e-3)

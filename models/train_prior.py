@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m models.train_prior --out models/prior --steps 2000 --seed 0 --minutes 20
+    python -m models.train_prior --out models/prior --steps 3000 --seed 0 --minutes 60
 
 Data: high-count static slices (SUV) of phantom seeds 0.. of the ``demo`` and ``torso`` presets
 (:func:`phantom.static_images.static_training_slices`); seeds 1000-1099 (``EVALUATION_SEEDS``) are reserved
@@ -40,7 +40,7 @@ log = logging.getLogger("models.train_prior")
 class TrainConfig:
     """Training recipe (stored in ``config.json`` under ``training``)."""
 
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 16
     patch: int = 64
     lr: float = 1e-3
@@ -50,10 +50,11 @@ class TrainConfig:
     gain_range: tuple[float, float] = (0.7, 1.4)  # log-uniform intensity jitter
     presets: tuple[str, ...] = ("demo", "torso")
     seeds_per_preset: tuple[int, ...] = (16, 8)  # training seeds 0..n-1 of each preset
+    count_level: float = 10.0  # static images' counts relative to the full-dose 10-min frame
     validation_seed: int = 999  # held out from training; not an evaluation seed
     log_every: int = 50
     seed: int = 0
-    minutes: float = 20.0
+    minutes: float = 60.0
     threads: int = 2
 
 
@@ -85,7 +86,7 @@ class PatchSampler:
         return self.net_cfg.suv_to_model(img * gain)
 
 
-def load_volumes(presets: tuple[str, ...], seeds: list[range]) -> list[np.ndarray]:
+def load_volumes(presets: tuple[str, ...], seeds: list[range], count_level: float) -> list[np.ndarray]:
     """Static training slices (N, Y, X) of every (preset, seed); refuses the evaluation seeds."""
     from phantom.static_images import EVALUATION_SEEDS, static_training_slices
 
@@ -95,7 +96,7 @@ def load_volumes(presets: tuple[str, ...], seeds: list[range]) -> list[np.ndarra
     out = []
     for preset, rng in zip(presets, seeds):
         for seed in rng:
-            out.append(static_training_slices(seed, preset))
+            out.append(static_training_slices(seed, preset, count_level=count_level))
         log.info("loaded %s seeds %d-%d: %d slices in all", preset, rng[0], rng[-1], sum(map(len, out)))
     return out
 
@@ -240,7 +241,8 @@ high-count static FDG PET slices, used as the prior of the Patlak Ki and V sampl
 
 ## Training data
 Digital phantom static images only (`phantom.static_images.static_training_slices`: the 50-60 min frame at
-full dose through the scanner model, OSEM, SUV): presets {list(tr.get("presets", []))}, seeds 0 to n-1 with
+{tr.get("count_level", 1)} times the counts of the full-dose frame, i.e. a high-count static scan, through the
+scanner model, OSEM, SUV): presets {list(tr.get("presets", []))}, seeds 0 to n-1 with
 n = {list(tr.get("seeds_per_preset", []))} per preset, {tr.get("train_slices", "?")} slices. **Seeds 1000-1099 are reserved for
 validation and evaluation and were never used**; the validation loss uses seed {tr.get("validation_seed")}
 (demo), which is no training seed either. No parametric map or ground truth was seen in training.
@@ -282,8 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig(steps=a.steps, seed=a.seed, minutes=a.minutes, threads=a.threads,
                       seeds_per_preset=tuple(a.seeds_per_preset))
     t_start = time.perf_counter()
-    volumes = load_volumes(cfg.presets, [range(n) for n in cfg.seeds_per_preset])
-    (val_volume,) = load_volumes(("demo",), [range(cfg.validation_seed, cfg.validation_seed + 1)])
+    volumes = load_volumes(cfg.presets, [range(n) for n in cfg.seeds_per_preset], cfg.count_level)
+    (val_volume,) = load_volumes(("demo",), [range(cfg.validation_seed, cfg.validation_seed + 1)], cfg.count_level)
     net_cfg = ScoreNetConfig(robust_level=round(robust_level(volumes, ScoreNetConfig()), 3))
     train_slices = [s for v in volumes for s in v]
     rows: list[dict] = []

@@ -27,6 +27,8 @@ def test_samples_give_mean_and_ki_standard_deviation(study_and_input):
     assert np.allclose(sd, np.abs(singles[0].ki - singles[1].ki) / np.sqrt(2), atol=1e-6)
     assert sd[body].mean() > 0  # the seeds differ inside the body
     assert set(res.maps()) == {"ki", "v", "ki_sd"}
+    # the phantom's voxels are cubic, so the prior cuts slices along all three axes in turn
+    assert study.spacing_mm[0] == pytest.approx(study.spacing_mm[1]) and res.details["slice_axes"] == [0, 1, 2]
 
 
 def test_unknown_method_is_refused(study_and_input):

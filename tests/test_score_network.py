@@ -131,4 +131,4 @@ def test_training_refuses_evaluation_seeds():
     from models.train_prior import load_volumes
 
     with pytest.raises(ValueError, match="reserved for evaluation"):
-        load_volumes(("demo",), [range(998, 1001)])
+        load_volumes(("demo",), [range(998, 1001)], count_level=10.0)

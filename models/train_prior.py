@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phantom.static_images import TRAINING_COUNT_LEVEL
+
 from .score_network import (WEIGHTS_FILE, ModelRecord, ScoreNetConfig, build_network, build_scheduler,
                             save_score_network)
 
@@ -50,7 +52,7 @@ class TrainConfig:
     gain_range: tuple[float, float] = (0.7, 1.4)  # log-uniform intensity jitter
     presets: tuple[str, ...] = ("demo", "torso")
     seeds_per_preset: tuple[int, ...] = (16, 8)  # training seeds 0..n-1 of each preset
-    count_level: float = 10.0  # static images' counts relative to the full-dose 10-min frame
+    count_level: float = TRAINING_COUNT_LEVEL  # static images' counts relative to the full-dose frame
     validation_seed: int = 999  # held out from training; not an evaluation seed
     log_every: int = 50
     seed: int = 0

@@ -4,8 +4,8 @@ A static image is the phantom's 50-60 min frame acquired through the same scanne
 attenuation, Poisson counts, OSEM), expressed in SUV (Bq/mL over injected dose per gram). Training uses
 high-count images (``TRAINING_COUNT_LEVEL`` times the counts of the full-dose frame, what a long acquisition
 or a total-body scanner gives): the prior should learn what tissue looks like, not a scanner's noise
-texture at one count level. On validation phantoms a prior tuned on 10x-count images scored 0.7-1 dB
-(Ki and V) above the same prior on full-dose frames, and as well as one tuned on noise-free reconstructions.
+texture at one count level. On validation phantoms a prior fine-tuned on 10x-count images scored 0.7-1 dB
+(Ki and V) above the same prior on full-dose frames, and as well as one fine-tuned on noise-free reconstructions.
 Only static images come from here: the prior never sees parametric maps or ground truth.
 """
 

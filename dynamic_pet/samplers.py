@@ -5,7 +5,8 @@ as a per-voxel quadratic (:class:`~dynamic_pet.patlak.PatlakQuadratic`) and know
 
 Scaled space. The prior was trained on static PET slices; Ki and V are each mapped into its value range
 [lo, hi] by a robust maximum, x = lo + (hi - lo) * theta / s with s = (99.9th percentile in the body) / level
-(V smoothed by a 1-voxel Gaussian before the percentile), so each map's robust maximum lands where the
+(each map smoothed by a 1-voxel Gaussian before the percentile, so that noise, which grows as dose falls,
+does not inflate the maximum and squeeze the structures into a narrower range), so each map's robust maximum lands where the
 training volumes' did (``level`` = ``prior.config.robust_level``, a fraction of the range; the handbook's
 prototype used 0.8 with its own training normalisation). Outside the body x is held at lo (the training
 background). Ki and V run as one batch of 2D slices, cropped to the body's bounding box; the slices are cut
@@ -89,6 +90,7 @@ RED_DIFF = RedDiffDefaults()
 HQS = HqsDefaults()
 ROBUST_PERCENTILE = 99.9
 CROP_MARGIN = 4
+SCALE_SMOOTH_VOXELS = 1.0  # the robust maximum is taken after this Gaussian, so noise does not inflate it
 MAX_ANISOTROPY = 1.3
 
 
@@ -144,7 +146,7 @@ def scale_problem(prior, quad: PatlakQuadratic, device: torch.device, dtype: tor
     lo, hi = prior.value_range
     body = quad.body_mask.astype(bool)
     level = prior.config.robust_level
-    s = (robust_scale(quad.theta_hat[0], body, level), robust_scale(quad.theta_hat[1], body, level, 1.0))
+    s = tuple(robust_scale(quad.theta_hat[k], body, level, SCALE_SMOOTH_VOXELS) for k in range(2))
     a = (s[0] / (hi - lo), s[1] / (hi - lo))
     box = _body_box(body)
     crop = (slice(None),) + box

@@ -13,7 +13,7 @@
 #   docker build -t dynamic-pet-patlak:0.1.0 .                             # CUDA 13 runtime base, GPU
 #   docker build --build-arg BASE=cpu -t dynamic-pet-patlak:0.1.0-cpu .    # python:3.11-slim base, CPU only
 #   docker run --rm --gpus all --ulimit stack=33554432 -v "$PWD/study:/var/holoscan/input:ro" \
-#       -v "$PWD/results:/var/holoscan/output" -e PATLAK_METHOD=hqs dynamic-pet-patlak:0.1.0
+#       -v "$PWD/results:/var/holoscan/output" -e PATLAK_METHOD=patlak dynamic-pet-patlak:0.1.0
 # (--ulimit only silences holoscan's stack-size warning; `monai-deploy run` sets a larger stack itself.)
 
 ARG BASE=cuda

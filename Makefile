@@ -25,6 +25,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+benchmarks: setup  # about an hour on 2 cores; each writes its table to benchmarks/results/
+	$(PY) -m benchmarks.patlak_speed
+	$(PY) -m benchmarks.sampler_speed
+	$(PY) -m benchmarks.memory_scale
+	$(PY) -m benchmarks.quality
+
 train-prior: setup
 	$(PY) -m models.train_prior --out models/prior
 

@@ -43,8 +43,11 @@ class RedDiffDefaults:
     slices cut along all three axes in turn (:func:`slice_axes`). PSNR is Ki / V against the full-count
     Patlak reference; on that seed conventional Patlak scores 27.7 / 15.4 dB (25%), Gaussian 37.9 / 26.5,
     HYPR-LR 39.4 / 25.6 (see ``benchmarks/results/quality.md`` for the held-out seeds). The sweeps below
-    ran with an interim prior (the first prior fine-tuned on high-count images); with the shipped prior
-    these defaults score RED-diff 39.1 / 28.2 and HQS 41.3 / 29.4 dB on that seed at 25%.
+    ran with an interim prior (the first prior fine-tuned on high-count images); with the shipped prior and
+    Ki's robust maximum taken after smoothing (as V's), these defaults score RED-diff 40.5 / 28.6 and HQS
+    41.9 / 29.7 dB on that seed at 25% (seed 1091: 35.5 / 27.1 and 36.8 / 27.7). Re-checked then on seeds
+    1090-1091 at 25% and 5%: RED-diff lam 400 / 900 within -0.4 / +0.1 dB of 600; HQS with its own weight or
+    start for V (lam_V 2, t_V 40) or lam_Ki 0.7 within +-0.4 dB of the defaults.
 
     Attributes
     ----------
@@ -191,13 +194,14 @@ def slice_axes(spacing_mm: Sequence[float] | None, max_anisotropy: float = MAX_A
 
 
 def _noise(gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise drawn in float32 on the generator's device (same stream for any dtype)."""
-    return torch.randn(like.shape, generator=gen, device=gen.device, dtype=torch.float32).to(like)
+    """Standard normal noise drawn in float32 on the CPU and moved to ``like``'s device and dtype: the same
+    stream for any device and dtype, so a seed gives the same answer on CPU and GPU (up to arithmetic)."""
+    return torch.randn(like.shape, generator=gen, dtype=torch.float32).to(like)
 
 
 def _setup(prior, quad: PatlakQuadratic, seed: int, device) -> tuple[_Scaled, torch.Generator]:
     dev = torch.device(device) if device is not None else prior.device
-    gen = torch.Generator(device=dev)
+    gen = torch.Generator()  # on the CPU whatever the device (see _noise)
     gen.manual_seed(int(seed))
     return scale_problem(prior, quad, dev, prior.dtype), gen
 
@@ -234,7 +238,8 @@ def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: 
     lr: step length; default ``RED_DIFF.lr`` (newton) or ``RED_DIFF.adam_lr`` (adam).
     axes: volume axes the 2D prior slices across, taken in turn from step to step (:func:`slice_axes`):
         (0,) axial only; (0, 1, 2) axial, coronal, sagittal (for near-cubic voxels).
-    seed: seed of the noise; the result is deterministic for a seed on CPU.
+    seed: seed of the noise, drawn on the CPU for every device: the same seed gives the same result on CPU
+        and, up to floating-point arithmetic, on GPU.
     device: compute device; default the prior's.
     progress: called as progress(step, n_steps, t) after every step.
 

@@ -1,0 +1,111 @@
+"""Diffusion-prior samplers: time and memory per volume, CPU and (where present) GPU, and their agreement.
+
+python -m benchmarks.sampler_speed [--presets demo torso total-body] [--gpu-only total-body]
+                                   [--methods hqs reddiff] [--devices cpu cuda] [--autocast bf16]
+
+Each preset's noiseless phantom study (the sampler's cost depends on the grid, not on the counts) is fitted
+by conventional Patlak once; then each sampler runs with the app's defaults (:mod:`dynamic_pet.samplers`)
+on each device, seed 0, and is timed from the Patlak quadratic to the maps (network, data steps, transfers;
+the prior's loading not included, the first call on a device is a warm-up and is not timed). On CUDA the
+peak allocated GPU memory is reported, and the maps are compared with the CPU's: the largest difference
+inside the body relative to each map's maximum (the stated tolerance is 1e-3 in float32, looser under
+autocast). A device that is absent is listed as not measured; presets in --gpu-only (by default the
+total-body study, minutes per volume on a CPU) run on CUDA only. Writes benchmarks/results/sampler_speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dynamic_pet import samplers
+from dynamic_pet.diffusion_prior import DiffusionPrior
+from dynamic_pet.input_function import InputFunction
+from dynamic_pet.patlak import fit_patlak
+from phantom.presets import PRESETS
+from phantom.simulate import simulate_study
+
+RESULTS = Path(__file__).resolve().parent / "results" / "sampler_speed.md"
+log = logging.getLogger("benchmarks.sampler_speed")
+
+
+def run(prior: DiffusionPrior, method: str, quad, axes, device: str) -> tuple[np.ndarray, np.ndarray, float]:
+    sampler = samplers.hqs if method == "hqs" else samplers.red_diff
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    ki, v = sampler(prior, quad, axes=axes, seed=0, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return ki, v, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", nargs="+", default=["demo", "torso", "total-body"])
+    ap.add_argument("--gpu-only", nargs="*", default=["total-body"], help="presets not run on the CPU")
+    ap.add_argument("--methods", nargs="+", default=["hqs", "reddiff"])
+    ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
+    ap.add_argument("--autocast", choices=("bf16", "fp16"), help="mixed precision on CUDA")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    has_cuda = torch.cuda.is_available()
+    rows = ["| preset (Z x Y x X) | method | steps | device | seconds per volume | seconds per step "
+            "| peak GPU memory (MiB) | max difference vs CPU / map max (Ki, V) |", "|---|---|---:|---|---:|---:|---:|---|"]
+    for preset in args.presets:
+        devices = [d for d in args.devices if d == "cuda" or preset not in args.gpu_only]
+        if devices == ["cuda"] and not has_cuda:
+            rows.extend(f"| {preset} | {m} | | cuda | not measured: no GPU on this machine | | | |" for m in args.methods)
+        if devices in ([], ["cuda"]) and not has_cuda:
+            continue
+        study = simulate_study(preset, 0, 1.0, noise="none")
+        s = study.schedule
+        fit = fit_patlak(study.activity, InputFunction(s.start_s / 60, s.end_s / 60, study.frame_integrals.cp_mean))
+        axes = samplers.slice_axes(PRESETS[preset].voxel_mm)
+        body = fit.quadratic.body_mask.astype(bool)
+        shape = " x ".join(map(str, study.activity.shape[1:]))
+        for method in args.methods:
+            steps = samplers.HQS.steps if method == "hqs" else samplers.RED_DIFF.steps
+            cpu_maps = None
+            for device in devices:
+                label = f"{device} ({args.autocast})" if device == "cuda" and args.autocast else device
+                if device == "cuda" and not has_cuda:
+                    rows.append(f"| {preset} ({shape}) | {method} | {steps} | cuda | not measured: no GPU on "
+                                "this machine | | | |")
+                    continue
+                prior = DiffusionPrior(device=device, autocast=args.autocast if device == "cuda" else None)
+                if device == "cuda":
+                    run(prior, method, fit.quadratic, axes, device)  # warm-up: kernels, allocator
+                    torch.cuda.reset_peak_memory_stats()
+                ki, v, seconds = run(prior, method, fit.quadratic, axes, device)
+                peak = f"{torch.cuda.max_memory_allocated() / 2 ** 20:.0f}" if device == "cuda" else "-"
+                if device == "cpu":
+                    cpu_maps, diff = (ki, v), "-"
+                elif cpu_maps is not None:
+                    d = [float(np.abs(m - c)[body].max() / np.abs(c[body]).max()) for m, c in zip((ki, v), cpu_maps)]
+                    diff = f"{d[0]:.1e}, {d[1]:.1e}"
+                else:
+                    diff = "CPU not run"
+                log.info("%s %s %s: %.1f s", preset, method, label, seconds)
+                rows.append(f"| {preset} ({shape}) | {method} | {steps} | {label} | {seconds:.1f} | "
+                            f"{seconds / steps:.2f} | {peak} | {diff} |")
+    gpu = torch.cuda.get_device_name(0) if has_cuda else "none"
+    text = ["# Diffusion-prior samplers: time per volume by device", "", __doc__.split("\n\n", 1)[1].strip(), "",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, GPU: {gpu}.",
+            "", *rows, "", "Regenerate: `.venv/bin/python -m benchmarks.sampler_speed` (writes this file)."]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(text) + "\n")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -59,16 +59,20 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     has_cuda = torch.cuda.is_available()
     rows = ["| preset (Z x Y x X) | method | steps | device | seconds per volume | seconds per step "
-            "| peak GPU memory (MiB) | max difference vs CPU / map max (Ki, V) |", "|---|---|---:|---|---:|---:|---:|---|"]
+            "| peak GPU memory (MiB) | max difference vs CPU / map max (Ki, V) |",
+            "|---|---|---:|---|---:|---:|---:|---|"]
     for preset in args.presets:
         devices = [d for d in args.devices if d == "cuda" or preset not in args.gpu_only]
-        if devices == ["cuda"] and not has_cuda:
-            rows.extend(f"| {preset} | {m} | | cuda | not measured: no GPU on this machine | | | |" for m in args.methods)
-        if devices in ([], ["cuda"]) and not has_cuda:
+        if "cuda" in devices and not has_cuda:
+            rows.extend(f"| {preset} | {m} | | cuda | not measured: no GPU on this machine | | | |"
+                        for m in args.methods)
+            devices.remove("cuda")
+        if not devices:
             continue
         study = simulate_study(preset, 0, 1.0, noise="none")
         s = study.schedule
-        fit = fit_patlak(study.activity, InputFunction(s.start_s / 60, s.end_s / 60, study.frame_integrals.cp_mean))
+        inp = InputFunction(s.start_s / 60, s.end_s / 60, study.frame_integrals.cp_mean)
+        fit = fit_patlak(study.activity, inp)
         axes = samplers.slice_axes(PRESETS[preset].voxel_mm)
         body = fit.quadratic.body_mask.astype(bool)
         shape = " x ".join(map(str, study.activity.shape[1:]))
@@ -77,10 +81,6 @@ def main(argv=None) -> int:
             cpu_maps = None
             for device in devices:
                 label = f"{device} ({args.autocast})" if device == "cuda" and args.autocast else device
-                if device == "cuda" and not has_cuda:
-                    rows.append(f"| {preset} ({shape}) | {method} | {steps} | cuda | not measured: no GPU on "
-                                "this machine | | | |")
-                    continue
                 prior = DiffusionPrior(device=device, autocast=args.autocast if device == "cuda" else None)
                 if device == "cuda":
                     run(prior, method, fit.quadratic, axes, device)  # warm-up: kernels, allocator

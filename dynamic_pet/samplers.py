@@ -3,18 +3,18 @@
 Both take a noise predictor (:class:`~dynamic_pet.diffusion_prior.DiffusionPrior`) and the Patlak data term
 as a per-voxel quadratic (:class:`~dynamic_pet.patlak.PatlakQuadratic`) and know nothing else of the physics.
 
-Scaled space. The prior was trained on static PET slices; Ki and V are each mapped into its value range
-[lo, hi] by a robust maximum, x = lo + (hi - lo) * theta / s with s = (99.9th percentile in the body) / level
-(each map smoothed by a 1-voxel Gaussian before the percentile, so that noise, which grows as dose falls,
-does not inflate the maximum and squeeze the structures into a narrower range), so each map's robust maximum lands where the
+Scaled space. The prior was trained on static PET slices; Ki and V are each mapped into its value range [lo, hi]
+by a robust maximum, x = lo + (hi - lo) * theta / s with s = (99.9th percentile in the body) / level (each map
+smoothed by a 1-voxel Gaussian before the percentile, so that noise, which grows as dose falls, does not inflate
+the maximum and squeeze the structures into a narrower range), so each map's robust maximum lands where the
 training volumes' did (``level`` = ``prior.config.robust_level``, a fraction of the range; the handbook's
 prototype used 0.8 with its own training normalisation). Outside the body x is held at lo (the training
 background). Ki and V run as one batch of 2D slices, cropped to the body's bounding box; the slices are cut
-across a different volume axis (axial, coronal, sagittal) from step to step where the voxels are
-near-cubic, so the 2D prior acts in all three directions. With theta = a (x - lo), a = s / (hi - lo),
-the data term becomes D(x) = 0.5 (x - x_hat)^T P (x - x_hat) per voxel, P = inv_var * diag(a) gram diag(a): P is the inverse covariance of the conventional estimate in
-scaled units, so the prior weights ``lam`` below are precisions in (scaled unit)^-2 and the prior's pull
-weakens where the data are good (higher dose).
+across a different volume axis (axial, coronal, sagittal) from step to step where the voxels are near-cubic, so
+the 2D prior acts in all three directions. With theta = a (x - lo), a = s / (hi - lo), the data term becomes
+D(x) = 0.5 (x - x_hat)^T P (x - x_hat) per voxel, P = inv_var * diag(a) gram diag(a): P is the inverse
+covariance of the conventional estimate in scaled units, so the prior weights ``lam`` below are precisions in
+(scaled unit)^-2 and the prior's pull weakens where the data are good (higher dose).
 
 Outside the body the conventional estimate theta_hat is returned unchanged.
 """

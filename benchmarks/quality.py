@@ -95,7 +95,7 @@ def estimate(method: str, activity, inp, sigmas: dict, device: str, prior=None, 
         fit = fit_patlak(hypr_lr(activity, fit.frames_used, HYPR_SIGMA_VOXELS), inp)
         return fit.ki, fit.v
     from dynamic_pet import samplers
-    run = samplers.red_diff if method == "reddiff" else samplers.hqs
+    run = samplers.SAMPLERS[method]
     return run(prior, fit.quadratic, axes=samplers.slice_axes(spacing_mm), seed=0, device=device)
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from dynamic_pet import samplers
+from benchmarks.quality import true_input
 from dynamic_pet.diffusion_prior import DiffusionPrior
-from dynamic_pet.input_function import InputFunction
 from dynamic_pet.patlak import fit_patlak
 from phantom.presets import PRESETS
 from phantom.simulate import simulate_study
@@ -37,11 +37,10 @@ log = logging.getLogger("benchmarks.sampler_speed")
 
 
 def run(prior: DiffusionPrior, method: str, quad, axes, device: str) -> tuple[np.ndarray, np.ndarray, float]:
-    sampler = samplers.hqs if method == "hqs" else samplers.red_diff
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    ki, v = sampler(prior, quad, axes=axes, seed=0, device=device)
+    ki, v = samplers.SAMPLERS[method](prior, quad, axes=axes, seed=0, device=device)
     if device == "cuda":
         torch.cuda.synchronize()
     return ki, v, time.perf_counter() - t0
@@ -58,6 +57,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     has_cuda = torch.cuda.is_available()
+    priors: dict[str, DiffusionPrior] = {}  # loaded once per device
     rows = ["| preset (Z x Y x X) | method | steps | device | seconds per volume | seconds per step "
             "| peak GPU memory (MiB) | max difference vs CPU / map max (Ki, V) |",
             "|---|---|---:|---|---:|---:|---:|---|"]
@@ -70,9 +70,7 @@ def main(argv=None) -> int:
         if not devices:
             continue
         study = simulate_study(preset, 0, 1.0, noise="none")
-        s = study.schedule
-        inp = InputFunction(s.start_s / 60, s.end_s / 60, study.frame_integrals.cp_mean)
-        fit = fit_patlak(study.activity, inp)
+        fit = fit_patlak(study.activity, true_input(study))
         axes = samplers.slice_axes(PRESETS[preset].voxel_mm)
         body = fit.quadratic.body_mask.astype(bool)
         shape = " x ".join(map(str, study.activity.shape[1:]))
@@ -81,7 +79,9 @@ def main(argv=None) -> int:
             cpu_maps = None
             for device in devices:
                 label = f"{device} ({args.autocast})" if device == "cuda" and args.autocast else device
-                prior = DiffusionPrior(device=device, autocast=args.autocast if device == "cuda" else None)
+                if device not in priors:
+                    priors[device] = DiffusionPrior(device=device, autocast=args.autocast)
+                prior = priors[device]
                 if device == "cuda":
                     run(prior, method, fit.quadratic, axes, device)  # warm-up: kernels, allocator
                     torch.cuda.reset_peak_memory_stats()

@@ -53,7 +53,7 @@ def estimate(study: DynamicStudy, inp: InputFunction, *, method: str = "patlak",
     from . import samplers
 
     prior = DiffusionPrior(model_dir, device=device)
-    run = samplers.red_diff if method == "reddiff" else samplers.hqs
+    run = samplers.SAMPLERS[method]
     t0 = time.perf_counter()
     axes = samplers.slice_axes(study.spacing_mm)
     draws = [run(prior, fit.quadratic, axes=axes, seed=seed + k, device=device, progress=progress)

@@ -312,3 +312,6 @@ def hqs(prior, quad: PatlakQuadratic, *, steps: int = HQS.steps, lam: float = HQ
         mixed = (1 - zeta) ** 0.5 * eps_eff + zeta ** 0.5 * _noise(gen, x0)
         x = ab_next ** 0.5 * x0 + (1 - ab_next) ** 0.5 * mixed
     return unscale(x0, prob, quad)
+
+
+SAMPLERS = {"reddiff": red_diff, "hqs": hqs}  # by the app's --method name

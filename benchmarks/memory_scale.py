@@ -104,14 +104,14 @@ def measure(folder: Path) -> dict:
             "blood_pool": idif.source, "frames_used": int(fit.frames_used.size)}
 
 
-def measure_app(folder: Path) -> dict:
-    """Run the whole application (``python -m app``, conventional Patlak, default outputs) on ``folder`` as a
+def measure_app(folder: Path, method: str = "patlak") -> dict:
+    """Run the whole application (``python -m app --method METHOD``, default outputs) on ``folder`` as a
     child process; its wall time and peak resident set (the children's ru_maxrss of this process)."""
     import resource
 
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "app", "-i", str(folder), "-o", out, "--method", "patlak",
+        run = subprocess.run([sys.executable, "-m", "app", "-i", str(folder), "-o", out, "--method", method,
                               "--quiet"], cwd=REPO, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
     if run.returncode != 0:
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generate", nargs=2, metavar=("SIZE", "DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--measure", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--measure-app", type=Path, metavar="DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="patlak", help=argparse.SUPPRESS)  # of --measure-app
     args = ap.parse_args(argv)
     if args.generate:
         generate(args.generate[0], Path(args.generate[1]))
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.measure)))
         return 0
     if args.measure_app:
-        print(json.dumps(measure_app(args.measure_app)))
+        print(json.dumps(measure_app(args.measure_app, args.method)))
         return 0
 
     work = args.work or Path(tempfile.mkdtemp(prefix="memory_scale-"))

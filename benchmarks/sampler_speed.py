@@ -10,15 +10,22 @@ the prior's loading not included, the first call on a device is a warm-up and is
 peak allocated GPU memory is reported, and the maps are compared with the CPU's: the largest difference
 inside the body relative to each map's maximum (the stated tolerance is 1e-3 in float32, looser under
 autocast). A device that is absent is listed as not measured; presets in --gpu-only (by default the
-total-body study, minutes per volume on a CPU) run on CUDA only. Writes benchmarks/results/sampler_speed.md.
+total-body study, minutes per volume on a CPU) run on CUDA only. A second table times the whole application
+(``python -m app --method METHOD``, default device, every default output) on the demo phantom at --app-dose
+(seed 1000), wall time and peak resident set, each run in a fresh process (``benchmarks.memory_scale``'s
+measurement). Writes benchmarks/results/sampler_speed.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +53,23 @@ def run(prior: DiffusionPrior, method: str, quad, axes, device: str) -> tuple[np
     return ki, v, time.perf_counter() - t0
 
 
+def app_rows(methods, dose: float) -> list[str]:
+    """Whole-application wall time and peak RSS per method on the demo phantom at ``dose``."""
+    from phantom.__main__ import write_study
+
+    rows = ["| study | method | whole app (s) | peak RSS (MiB) |", "|---|---|---:|---:|"]
+    with tempfile.TemporaryDirectory() as work:
+        write_study(simulate_study("demo", 1000, dose), Path(work))
+        for method in methods:
+            run = subprocess.run([sys.executable, "-m", "benchmarks.memory_scale", "--measure-app",
+                                  str(Path(work) / "dicom"), "--method", method],
+                                 cwd=RESULTS.parents[2], capture_output=True, text=True, check=True)
+            app = json.loads(run.stdout.splitlines()[-1])
+            log.info("whole app, %s: %.1f s, %.0f MiB", method, app["seconds"], app["peak_mib"])
+            rows.append(f"| demo, {dose:g} dose | {method} | {app['seconds']:.1f} | {app['peak_mib']:.0f} |")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["demo", "torso", "total-body"])
@@ -53,6 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["hqs", "reddiff"])
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--autocast", choices=("bf16", "fp16"), help="mixed precision on CUDA")
+    ap.add_argument("--app-dose", type=float, default=0.25, help="dose of the whole-app study (0: skip)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -97,6 +122,8 @@ def main(argv=None) -> int:
                 log.info("%s %s %s: %.1f s", preset, method, label, seconds)
                 rows.append(f"| {preset} ({shape}) | {method} | {steps} | {label} | {seconds:.1f} | "
                             f"{seconds / steps:.2f} | {peak} | {diff} |")
+    if args.app_dose > 0:
+        rows += ["", *app_rows(args.methods, args.app_dose)]
     gpu = torch.cuda.get_device_name(0) if has_cuda else "none"
     text = ["# Diffusion-prior samplers: time per volume by device", "", __doc__.split("\n\n", 1)[1].strip(), "",
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, GPU: {gpu}.",

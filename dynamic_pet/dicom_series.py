@@ -206,6 +206,19 @@ def _philips_scale(ds: pydicom.Dataset) -> float | None:
     return float(_single(value))
 
 
+def _native_pixel_bytes(ds: pydicom.Dataset) -> int | None:
+    """Length in bytes of native (uncompressed) PixelData; None when encapsulated or absent."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    if 0x7FE00010 not in ds or (syntax is not None and syntax.is_encapsulated):
+        return None
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    length = getattr(element, "length", None)  # a deferred (raw) element: its header's length
+    if length is None and isinstance(element.value, bytes):
+        length = len(element.value)
+    return None if length in (None, 0xFFFFFFFF) else int(length)
+
+
 # name -> (tag named in errors, extractor); every value is parsed once, at scan time
 _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "study_uid": ("StudyInstanceUID", lambda ds: str(_raw(ds, "StudyInstanceUID") or "")),
@@ -228,6 +241,7 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "slice_thickness": ("SliceThickness", lambda ds: _float(ds, "SliceThickness")),
     "rows": ("Rows", lambda ds: _int(ds, "Rows")),
     "columns": ("Columns", lambda ds: _int(ds, "Columns")),
+    "pixel_bytes": ("PixelData", _native_pixel_bytes),
     "slope": ("RescaleSlope", lambda ds: _float(ds, "RescaleSlope")),
     "intercept": ("RescaleIntercept", lambda ds: _float(ds, "RescaleIntercept")),
     "philips_scale": ("Philips (7053,1009) activity concentration scale factor", _philips_scale),
@@ -754,6 +768,10 @@ def _decode(record: _Record, shape: tuple[int, int]) -> np.ndarray:
                          _tag("PixelData")) from exc
     if pixels.shape != shape:
         raise InputError(f"pixel array has shape {pixels.shape}, Rows/Columns say {shape}", path, _tag("Rows"))
+    stored, needed = record.get("pixel_bytes"), pixels.size * pixels.dtype.itemsize
+    if stored is not None and stored not in (needed, needed + 1):  # + 1: the even-length padding byte
+        raise InputError(f"pixel data holds {stored} bytes but Rows x Columns x BitsAllocated make {needed}: "
+                         "the image size in the header is wrong", path, _tag("PixelData"))
     slope = record.get("slope")
     if slope is None and np.issubdtype(pixels.dtype, np.integer):
         raise InputError("integer PET pixel data needs a rescale slope", path, _tag("RescaleSlope"))

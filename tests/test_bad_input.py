@@ -240,6 +240,14 @@ def test_geometry_changing_between_frames(series_copy, rewrite, keyword, value, 
     assert error.path in {str(p) for p in edited}
 
 
+@pytest.mark.parametrize("keyword, value", [("Rows", 1), ("Columns", 8)])
+def test_image_size_smaller_than_the_pixel_data_on_every_instance(series_copy, rewrite, keyword, value):
+    """A consistent but wrong Rows or Columns (pydicom would decode the first rows and drop the rest) is
+    refused against the stored pixel data length (found by the header-mutation property test below)."""
+    rewrite(series_copy.folder, lambda ds, f, z: setattr(ds, keyword, value))
+    _refused(series_copy.folder, "PixelData", match="pixel data holds 512 bytes")
+
+
 def test_positions_moving_between_frames(series_copy, rewrite):
     def move(ds, frame, z):
         ds.ImagePositionPatient = [float(ds.ImagePositionPatient[0]) + 5.0, *ds.ImagePositionPatient[1:]]

@@ -39,32 +39,33 @@ Progress = Callable[[int, int, int], None]  # (step index from 1, number of step
 
 @dataclass(frozen=True)
 class RedDiffDefaults:
-    """RED-diff defaults, chosen on validation phantom seed 1090 (demo preset, 25% and 10% dose) with the
-    slices cut along all three axes in turn (:func:`slice_axes`). PSNR is Ki / V against the full-count
-    Patlak reference; on that seed conventional Patlak scores 27.7 / 15.4 dB (25%), Gaussian 37.9 / 26.5,
-    HYPR-LR 39.4 / 25.6 (see ``benchmarks/results/quality.md`` for the held-out seeds). The sweeps below
-    ran with an interim prior (the first prior fine-tuned on high-count images); with the shipped prior and
-    Ki's robust maximum taken after smoothing (as V's), these defaults score RED-diff 40.5 / 28.6 and HQS
-    41.9 / 29.7 dB on that seed at 25% (seed 1091: 35.5 / 27.1 and 36.8 / 27.7). Re-checked then on seeds
-    1090-1091 at 25% and 5%: RED-diff lam 400 / 900 within -0.4 / +0.1 dB of 600; HQS with its own weight or
-    start for V (lam_V 2, t_V 40) or lam_Ki 0.7 within +-0.4 dB of the defaults.
+    """RED-diff defaults, chosen on validation phantom seeds 1090-1091 (demo preset, 25% and 5% dose) with the
+    slices cut along all three axes in turn (:func:`slice_axes`); PSNR is Ki / V against the full-count Patlak
+    reference (the held-out seeds are in ``benchmarks/results/quality.md``).
+
+    The prior's denoised estimate gets the precision lam_t = lam / sigmabar_t^2, sigmabar_t^2 = (1 - ab_t) / ab_t,
+    as HQS's rho_t: the denoiser's error shrinks with t, so its weight grows as t falls. Against a constant
+    precision of 600 (the best constant: 100 / 300 / 1000 gave -3.5 / -1.2 / -0.5 dB Ki; larger weights pull
+    lesions further down), lam = 4 gave +0.2 to +0.5 dB Ki and +0.2 to +0.3 dB V on the four validation cases
+    (seed 1090 at 25%: 41.0 / 28.9 dB against 40.5 / 28.6) with the same lesion bias; lam 2 / 3 / 6 / 10 were
+    0.1-0.4 dB lower. Averaging the three slice directions every step (3x the cost), a final denoising of mu,
+    stopping at t = 20 and 12 steps at lr 0.4 were all within +-0.3 dB of these defaults or worse.
 
     Attributes
     ----------
     steps: network evaluations (descending t, evenly spaced from t_max to t_min).
-    lam: prior weight; with w_t = sqrt(1 - ab_t) / sqrt(ab_t) (Mardani et al.) the regulariser gradient
-        lam * w_t * (eps_hat - eps) equals lam * (mu - x0_hat(x_t)), so lam is the precision given to the
-        prior's denoised estimate, comparable with P. At t 60 to 10, 100 / 300 / 1000 gave 35.2 / 37.5 /
-        38.2 dB Ki at 25%; 600 at t 40 to 10 gave 38.7 / 27.4 dB (10%: 36.1 / 25.3). Larger weights pull
-        lesions further down (lesion Ki against the reference -13% at 600, -20% at 1000).
-    lr: step length of 'newton'; 1 is the exact minimiser of the data term plus lam/2 |mu - x0_hat|^2.
+    lam: prior weight relative to 1 / sigmabar_t^2. The regulariser gradient lam_t w_t (eps_hat - eps) with
+        w_t = sigmabar_t (Mardani et al.) equals lam_t (mu - x0_hat(x_t)), so lam_t is a precision comparable
+        with P.
+    lr: step length of 'newton'; 1 is the exact minimiser of the data term plus lam_t/2 |mu - x0_hat|^2
+        (1 was up to +1 dB better at 5% dose but 0.5 dB worse at 25%, with more lesion bias).
     t_max, t_min: diffusion steps visited: 40 to 10 beat 60 to 10 and 30 to 5.
     adam_lr: step length of the paper's Adam update (10 steps at 0.02 reached 36.5 dB, Newton 38.4 in 6,
-        both with axial slices only).
+        both with axial slices only and an earlier prior).
     """
 
     steps: int = 6
-    lam: float = 600.0
+    lam: float = 4.0
     lr: float = 0.7
     t_max: int = 40
     t_min: int = 10
@@ -224,9 +225,10 @@ def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: 
     """RED-diff (Mardani, Song, Kautz, Vahdat, ICLR 2024) on the Patlak quadratic.
 
     mu starts at theta_hat (scaled). At each step t (descending): x_t = sqrt(ab) mu + sqrt(1 - ab) eps,
-    eps_hat = prior.eps(x_t, t) (no back-propagation), gradient g = P (mu - x_hat) + lam w_t (eps_hat - eps)
-    with w_t = sqrt(1 - ab) / sqrt(ab). 'adam': the paper's Adam step on g. 'newton': mu -= lr (P + lam I)^-1 g,
-    the per-voxel 2x2 Hessian of the data term plus the regulariser's scalar curvature lam.
+    eps_hat = prior.eps(x_t, t) (no back-propagation), gradient g = P (mu - x_hat) + lam_t w_t (eps_hat - eps)
+    with w_t = sqrt(1 - ab) / sqrt(ab) and lam_t = lam ab / (1 - ab). 'adam': the paper's Adam step on g.
+    'newton': mu -= lr (P + lam_t I)^-1 g, the per-voxel 2x2 Hessian of the data term plus the regulariser's
+    scalar curvature lam_t.
 
     Parameters
     ----------
@@ -234,7 +236,7 @@ def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: 
     quad: the Patlak data term.
     steps, t_schedule: number of steps, evenly spaced from ``RED_DIFF.t_max`` to ``t_min``, or explicit
         descending diffusion steps (then ``steps`` is ignored).
-    lam: prior weight (precision in scaled units, see :class:`RedDiffDefaults`).
+    lam: prior weight relative to 1 / sigmabar_t^2 (see :class:`RedDiffDefaults`).
     lr: step length; default ``RED_DIFF.lr`` (newton) or ``RED_DIFF.adam_lr`` (adam).
     axes: volume axes the 2D prior slices across, taken in turn from step to step (:func:`slice_axes`):
         (0,) axial only; (0, 1, 2) axial, coronal, sagittal (for near-cubic voxels).
@@ -259,9 +261,10 @@ def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: 
         ab = float(prior.alphas_cumprod[t])
         eps = _noise(gen, mu)
         eps_hat = _eps(prior, ab ** 0.5 * mu + (1 - ab) ** 0.5 * eps, t, axes[(i - 1) % len(axes)])
-        g = prob.hess(mu - prob.x_hat) + lam * ((1 - ab) / ab) ** 0.5 * (eps_hat - eps)
+        lam_t = lam * ab / (1 - ab)
+        g = prob.hess(mu - prob.x_hat) + lam_t * ((1 - ab) / ab) ** 0.5 * (eps_hat - eps)
         if adam is None:
-            mu = mu - lr * prob.solve(lam, g)
+            mu = mu - lr * prob.solve(lam_t, g)
         else:
             mu.grad = g
             adam.step()

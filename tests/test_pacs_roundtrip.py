@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -198,8 +199,12 @@ def test_stow_rs_into_the_same_study(pacs, app_output):
 def test_pacs_refuses_an_unknown_calling_ae_title(pacs, app_output):
     files = sorted((app_output / "dicom").rglob("*.dcm"))
     before = _series_in_pacs(pacs)
-    with pytest.raises(SendError, match=r"after 1 attempt\(s\): association rejected \(.*AE title") as refused:
+    with pytest.raises(SendError, match=r"attempt\(s\): association rejected \(.*AE title") as refused:
         send_files(files, _c_store_url(pacs, calling="INTRUDER"), retries=3)  # permanent: not retried
+    # The rejection ends the sending at once. An earlier attempt may find Orthanc busy and fail without an
+    # answer (transient, retried: seen under full CPU load), so the count is bounded, not exactly 1.
+    attempts = int(re.search(r"after (\d+) attempt", str(refused.value)).group(1))
+    assert attempts < 4, "a permanent rejection must not use up the retries"
     assert f"{len(files)} of {len(files)} file(s) not stored" in str(refused.value)
     assert _series_in_pacs(pacs) == before
 

@@ -10,7 +10,16 @@ Series selection
     Storage series, not ``GATED``, with more than one time frame (some ImagePositionPatient occurs in
     more than one instance). Several candidates: the one with most frames, then most instances; a tie
     is an :class:`InputError` listing the candidates. ``series_instance_uid`` overrides the choice.
-    Enhanced / Legacy Converted Enhanced PET (multi-frame) is refused: not supported yet.
+
+Multi-frame PET (Legacy Converted Enhanced PET, Enhanced PET)
+    Each frame of a multi-frame instance is read as one classic instance would be (PS3.3 C.7.6.16): the
+    top-level attributes, then the shared functional groups, then the frame's own (which win): Plane
+    Position and Orientation, Pixel Measures, Pixel Value Transformation (rescale) and the Unassigned
+    Shared / Per-Frame Converted Attributes (where a legacy conversion keeps FrameReferenceTime,
+    ImageIndex, DecayFactor, Units, DecayCorrection, ...). Frame Content's FrameAcquisitionDateTime is the
+    frame's acquisition date-time and FrameAcquisitionDuration its duration where ActualFrameDuration is
+    absent. Every rule below then applies unchanged; a value the PET modules require and the instance
+    lacks is refused naming its tag.
 
 Frames and slices
     Frames are grouped by ImageIndex // NumberOfSlices when every instance has both, the indices are
@@ -66,8 +75,16 @@ from dynamic_pet.study import DynamicStudy
 logger = logging.getLogger(__name__)
 
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-ENHANCED_PET_STORAGE = {"1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
-                        "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage"}
+MULTIFRAME_PET_STORAGE = {"1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
+                          "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage"}
+# Functional-group macros whose contents are classic PET attributes (PS3.3 C.7.6.16.2)
+_CLASSIC_MACROS = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
+                   "PixelValueTransformationSequence", "UnassignedSharedConvertedAttributesSequence",
+                   "UnassignedPerFrameConvertedAttributesSequence")
+_MULTIFRAME_ONLY = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "NumberOfFrames",
+                    "DimensionOrganizationSequence", "DimensionIndexSequence", "DimensionOrganizationType",
+                    "PixelPresentation", "VolumetricProperties", "VolumeBasedCalculationTechnique",
+                    "ContentQualification", "PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PHILIPS_CREATOR = "Philips PET Private Group"
 _OVERLAP_TOLERANCE_S = 1.0  # acquisition times truncated to whole seconds can overlap by up to 1 s
 _DECAY_FACTOR_TOLERANCE = 0.01
@@ -292,11 +309,12 @@ def _injection(ds: pydicom.Dataset, path: Path, series_dt: object) -> tuple[dt.d
 class _Record:
     """What the loader needs from one instance, parsed at scan time (compact: no Dataset is kept)."""
 
-    __slots__ = ("path", "sop_uid", "series_uid", "modality", "sop_class", "values", "copies")
+    __slots__ = ("path", "sop_uid", "series_uid", "modality", "sop_class", "values", "copies", "frame")
 
-    def __init__(self, path: Path, ds: pydicom.Dataset):
+    def __init__(self, path: Path, ds: pydicom.Dataset, frame: int | None = None):
         self.path = path
-        self.sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        self.frame = frame  # 0-based frame of a multi-frame instance (``ds`` is then its view), else None
+        self.sop_uid = str(ds.get("SOPInstanceUID", "") or "") + ("" if frame is None else f"#{frame + 1}")
         self.series_uid = str(ds.get("SeriesInstanceUID", "") or "")
         self.modality = str(ds.get("Modality", "") or "").strip().upper()
         self.sop_class = str(ds.get("SOPClassUID", "") or "")
@@ -340,11 +358,17 @@ def _scan(root: Path) -> tuple[dict[str, list[_Record]], list[Path]]:
         try:
             ds = pydicom.dcmread(path, defer_size=256)  # pixel data located, not loaded
             record = _Record(path, ds)
-            if record.modality == "PT" and record.sop_class == PET_IMAGE_STORAGE:
+            if record.modality == "PT" and record.sop_class in (PET_IMAGE_STORAGE, *MULTIFRAME_PET_STORAGE):
                 _check_complete(ds, path)
+            if record.modality == "PT" and record.sop_class in MULTIFRAME_PET_STORAGE:
+                for frame in _multiframe_records(path, ds):
+                    by_series[frame.series_uid].append(frame)
+                continue
         except InvalidDicomError:
             logger.debug("ignored, not a DICOM file: %s", path)
             continue
+        except InputError:  # a readable multi-frame PET instance whose frames cannot be made out
+            raise
         except Exception as exc:  # noqa: BLE001 - truncated / corrupt files are reported, not fatal here
             logger.warning("skipped unreadable DICOM file %s (%s)", path, type(exc).__name__)
             unreadable.append(path)
@@ -354,6 +378,51 @@ def _scan(root: Path) -> tuple[dict[str, list[_Record]], list[Path]]:
         else:
             logger.debug("ignored, no SeriesInstanceUID/SOPInstanceUID: %s", path)
     return by_series, unreadable
+
+
+def frame_views(ds: pydicom.Dataset, path: Path) -> list[pydicom.Dataset]:
+    """One classic-like dataset per frame of a multi-frame PET instance (rule in the module docstring)."""
+    n_frames = _int(ds, "NumberOfFrames") or 0
+    per_frame = _raw(ds, "PerFrameFunctionalGroupsSequence") or []
+    if n_frames < 1 or len(per_frame) != n_frames:
+        raise InputError(f"NumberOfFrames is {n_frames} but there are {len(per_frame)} per-frame functional "
+                         "groups", path, _tag("PerFrameFunctionalGroupsSequence"))
+    top = [element for element in ds if element.keyword not in _MULTIFRAME_ONLY]
+    shared = (_raw(ds, "SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+    views = []
+    for groups in per_frame:
+        view = pydicom.Dataset()  # (copy.copy of a Dataset would share one element dict between the views)
+        for element in top:
+            view.add(element)
+        for group in (shared, groups):
+            for macro in _CLASSIC_MACROS:
+                for element in (_raw(group, macro) or [pydicom.Dataset()])[0]:
+                    view.add(element)
+            content = (_raw(group, "FrameContentSequence") or [pydicom.Dataset()])[0]
+            # new elements, never assignments: the views share the top level's element objects
+            if _raw(content, "FrameAcquisitionDateTime") is not None:
+                view.add_new("AcquisitionDateTime", "DT", content.FrameAcquisitionDateTime)
+            if _raw(content, "FrameAcquisitionDuration") is not None and _raw(view, "ActualFrameDuration") is None:
+                view.add_new("ActualFrameDuration", "IS", round(float(content.FrameAcquisitionDuration)))  # ms
+        view.pop("RescaleType", None)  # Pixel Value Transformation only, not a PET Image attribute
+        try:
+            acquired = _datetime(view, "AcquisitionDateTime")
+        except ValueError:  # reported against its tag when the record reads it
+            acquired = None
+        if acquired is not None and _raw(view, "AcquisitionTime") is None:  # PET Image module, type 2
+            view.add_new("AcquisitionDate", "DA", acquired.strftime("%Y%m%d"))
+            view.add_new("AcquisitionTime", "TM", acquired.strftime("%H%M%S.%f"))
+        views.append(view)
+    return views
+
+
+def _multiframe_records(path: Path, ds: pydicom.Dataset) -> list[_Record]:
+    """A record per frame of a multi-frame PET instance, its pixel-data length shared out over the frames."""
+    records = [_Record(path, view, frame) for frame, view in enumerate(frame_views(ds, path))]
+    stored = _native_pixel_bytes(ds)
+    for record in records:
+        record.values["pixel_bytes"] = None if stored is None else stored // len(records)  # drops the pad byte
+    return records
 
 
 def _check_complete(ds: pydicom.Dataset, path: Path) -> None:
@@ -404,11 +473,9 @@ def _select_series(by_series: dict[str, list[_Record]], root: Path, wanted: str 
         raise InputError(f"no PET series (Modality PT) among the {len(by_series)} DICOM series found{hint}",
                          root, _tag("Modality"))
     candidates = {uid: (_frame_count_estimate(records), len(records)) for uid, records in pet.items()
-                  if _has_classic(records) and records[0].peek("series_type") != "GATED"}
+                  if _is_pet_image(records) and records[0].peek("series_type") != "GATED"}
     candidates = {uid: key for uid, key in candidates.items() if key[0] > 1}
     if not candidates:
-        for records in pet.values():
-            _refuse_enhanced(records)
         raise InputError(f"no dynamic PET series: each of the {len(pet)} PET series has a single time frame"
                          f"{hint}", pet[next(iter(pet))][0].path, _tag("NumberOfTimeSlices"))
     best = max(candidates.values())
@@ -423,16 +490,9 @@ def _select_series(by_series: dict[str, list[_Record]], root: Path, wanted: str 
     return pet[top[0]]
 
 
-def _has_classic(records: list[_Record]) -> bool:
-    """Classic PET Image Storage (any other SOP class in the series is refused by the series checks)."""
-    return any(r.sop_class == PET_IMAGE_STORAGE for r in records)
-
-
-def _refuse_enhanced(records: list[_Record]) -> None:
-    for record in records:
-        if record.sop_class in ENHANCED_PET_STORAGE:
-            raise InputError(f"{ENHANCED_PET_STORAGE[record.sop_class]} (multi-frame) is not supported yet; "
-                             "export the study as classic PET Image Storage", record.path, _tag("SOPClassUID"))
+def _is_pet_image(records: list[_Record]) -> bool:
+    """Classic or multi-frame PET image storage (a mix of SOP classes is refused by the series checks)."""
+    return any(r.sop_class in (PET_IMAGE_STORAGE, *MULTIFRAME_PET_STORAGE) for r in records)
 
 
 def _require_dynamic_pet(records: list[_Record]) -> list[_Record]:
@@ -440,7 +500,6 @@ def _require_dynamic_pet(records: list[_Record]) -> list[_Record]:
     if odd is not None:
         raise InputError(f"the requested series is not PET (Modality {odd.modality or 'missing'})",
                          odd.path, _tag("Modality"))
-    _refuse_enhanced(records)
     if _frame_count_estimate(records) < 2:
         raise InputError("the requested series has a single time frame", records[0].path,
                          _tag("NumberOfTimeSlices"))
@@ -762,7 +821,7 @@ def _decode(record: _Record, shape: tuple[int, int]) -> np.ndarray:
     """Rescaled float64 pixel values of one file."""
     path = record.path
     try:
-        pixels = pixel_array(path)  # reads only what decoding needs
+        pixels = pixel_array(path, index=record.frame)  # reads only what decoding needs
     except Exception as exc:  # noqa: BLE001 - any decoding failure is an input problem of this file
         raise InputError(f"pixel data cannot be read ({type(exc).__name__}: {exc})", path,
                          _tag("PixelData")) from exc
@@ -800,6 +859,21 @@ def _read_instance(record: _Record, shape: tuple[int, int]) -> np.ndarray:
                              f"{reference_record.path})", other.path, _tag("SOPInstanceUID"))
         logger.warning("skipped a duplicate file of an instance: %s", other.path)
     return values
+
+
+def _source_datasets(records: list[_Record]) -> list[pydicom.Dataset]:
+    """The header of each record's instance, or its frame's view for a multi-frame instance (each file read
+    once)."""
+    views: dict[Path, list[pydicom.Dataset]] = {}
+    out = []
+    for record in records:
+        if record.frame is None:
+            out.append(pydicom.dcmread(record.path, stop_before_pixels=True))
+            continue
+        if record.path not in views:
+            views[record.path] = frame_views(pydicom.dcmread(record.path, stop_before_pixels=True), record.path)
+        out.append(views[record.path][record.frame])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- entry
@@ -895,10 +969,17 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
                                      "half-life or dose implausible", record.path, _INJECTION_TAGS)
     if records[0].get("units") != "BQML":
         notes.append(f"Units {records[0].get('units')} converted to Bq/mL")
-    slice_datasets = [pydicom.dcmread(r.path, stop_before_pixels=True) for r in frames[0]]
+    slice_datasets = _source_datasets(frames[0])
+    multiframe = frames[0][0].frame is not None
+    if multiframe and len({r.path for r in frames[0]}) > 1:
+        raise InputError("the slices of the first time frame are spread over several multi-frame instances; "
+                         "not supported", frames[0][-1].path, _tag("PerFrameFunctionalGroupsSequence"))
     logger.info("loaded a dynamic PET series: %d frames of %d slices of %dx%d", *activity.shape)
     return DynamicStudy(activity=activity, frame_start_min=starts / 60.0, frame_end_min=ends / 60.0,
                         affine=affine, spacing_mm=spacing, slice_datasets=slice_datasets,
                         series_instance_uid=records[0].series_uid,
                         study_instance_uid=str(records[0].get("study_uid") or ""),
-                        half_life_s=float(half_life_s), notes=notes)
+                        half_life_s=float(half_life_s), notes=notes,
+                        multiframe_source=pydicom.dcmread(frames[0][0].path, stop_before_pixels=True)
+                        if multiframe else None,
+                        source_frames=[r.frame + 1 for r in frames[0]] if multiframe else None)

@@ -156,7 +156,7 @@ def parametric_map(study: DynamicStudy, image: np.ndarray, kind: MapKind, method
                                      window_explanation=kind.label,
                                      voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT)
     pm = hd.pm.ParametricMap(
-        source_images=study.slice_datasets, pixel_array=values,
+        **_source_geometry(study), pixel_array=values,
         series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(),
         instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
         software_versions=SOFTWARE_VERSION, device_serial_number=__version__,
@@ -173,6 +173,20 @@ def parametric_map(study: DynamicStudy, image: np.ndarray, kind: MapKind, method
     return pm
 
 
+def _source_geometry(study: DynamicStudy) -> dict:
+    """highdicom's source arguments: the slices, or for a multi-frame source that one instance (highdicom
+    takes one) with the map's planes given explicitly (its frames are all time frames, not the map's)."""
+    if study.multiframe_source is None:
+        return {"source_images": study.slice_datasets}
+    first, patient = study.slice_datasets[0], hd.CoordinateSystemNames.PATIENT
+    return {"source_images": [study.multiframe_source],
+            "plane_positions": [hd.PlanePositionSequence(patient, ds.ImagePositionPatient)
+                                for ds in study.slice_datasets],
+            "plane_orientation": hd.PlaneOrientationSequence(patient, first.ImageOrientationPatient),
+            "pixel_measures": hd.PixelMeasuresSequence(first.PixelSpacing, study.spacing_mm[0],
+                                                       spacing_between_slices=study.spacing_mm[0])}
+
+
 def _int16_slice(values: np.ndarray) -> tuple[np.ndarray, str]:
     """Signed int16 pixels and the RescaleSlope (as written) that restores ``values``."""
     slope = format_number_as_ds(float(np.max(np.abs(values))) / 32000 or 1.0)
@@ -180,10 +194,12 @@ def _int16_slice(values: np.ndarray) -> tuple[np.ndarray, str]:
     return stored, slope
 
 
-def _source_reference(source: pydicom.Dataset) -> pydicom.Dataset:
+def _source_reference(source: pydicom.Dataset, frame: int | None) -> pydicom.Dataset:
     item = pydicom.Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame is not None:  # the slice is one frame of a multi-frame source instance
+        item.ReferencedFrameNumber = frame
     item.PurposeOfReferenceCodeSequence = [
         hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)]
     return item
@@ -211,11 +227,13 @@ def derived_pet_series(study: DynamicStudy, image: np.ndarray, kind: MapKind, me
         "WindowCenter": format_number_as_ds(center), "WindowWidth": format_number_as_ds(width),
         "VOILUTFunction": "LINEAR_EXACT",  # widths below 1 (Ki) are legal only with LINEAR_EXACT
     }
-    return [_derived_pet_slice(source, image[z], z, series) for z, source in enumerate(study.slice_datasets)]
+    frames = study.source_frames or [None] * len(study.slice_datasets)
+    return [_derived_pet_slice(source, image[z], z, series, frames[z])
+            for z, source in enumerate(study.slice_datasets)]
 
 
-def _derived_pet_slice(source: pydicom.Dataset, values: np.ndarray, z: int,
-                       series: dict[str, object]) -> pydicom.Dataset:
+def _derived_pet_slice(source: pydicom.Dataset, values: np.ndarray, z: int, series: dict[str, object],
+                       source_frame: int | None) -> pydicom.Dataset:
     ds = copy.deepcopy(source)
     for keyword in _DROP_FROM_PET:
         ds.pop(keyword, None)
@@ -224,10 +242,12 @@ def _derived_pet_slice(source: pydicom.Dataset, values: np.ndarray, z: int,
     for keyword, value in series.items():
         ds.pop(keyword, None)  # a source element may carry a wrong VR (e.g. LO): set it afresh
         setattr(ds, keyword, value)
+    if "Laterality" not in ds and "BodyPartExamined" not in ds:  # type 2C on a paired body part: unknown here
+        ds.Laterality = ""
     ds.SOPInstanceUID = hd.UID()
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
     ds.InstanceNumber = ds.ImageIndex = z + 1
-    ds.SourceImageSequence = [_source_reference(source)]
+    ds.SourceImageSequence = [_source_reference(source, source_frame)]
     ds.ContributingEquipmentSequence = [hd.ContributingEquipment.for_image_acquisition(source)]
     ds.CorrectedImage = [v for v in ds.get("CorrectedImage", []) if v != "DECY"]  # DECY needs DecayFactor
     stored, ds.RescaleSlope = _int16_slice(values)

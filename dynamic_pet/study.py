@@ -27,6 +27,10 @@ class DynamicStudy:
     slice_datasets:
         One pydicom Dataset per Z slice (from the first frame, pixel data removed), in Z order; the
         source the parametric DICOM writer copies patient, study and geometry attributes from.
+    multiframe_source, source_frames:
+        For a series stored as a multi-frame instance (Legacy Converted Enhanced / Enhanced PET): that
+        instance's header and the 1-based frame number of each ``slice_datasets`` entry in it (each entry is
+        then that frame's classic-like view); None for classic single-frame instances.
     series_instance_uid, study_instance_uid:
         UIDs of the source series.
     half_life_s:
@@ -48,6 +52,8 @@ class DynamicStudy:
     study_instance_uid: str
     half_life_s: float
     notes: list[str] = field(default_factory=list)
+    multiframe_source: pydicom.Dataset | None = None
+    source_frames: list[int] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -196,3 +196,20 @@ def set_header_value(ds: pydicom.Dataset, keyword: str, value) -> None:
     else:
         vr, value = "LO", str(value)
     target[keyword] = pydicom.DataElement(pydicom.datadict.tag_for_keyword(keyword), vr, value)
+
+
+# ---------------------------------------------------------------- shared: another DICOM writer's multi-frame PET
+def legacy_converted(classic_folder: Path, out_folder: Path) -> Path:
+    """Convert a classic PET series into one Legacy Converted Enhanced PET instance with highdicom's converter
+    (per-frame rescale, positions and Frame Content timing in functional groups, classic PET attributes in
+    the Unassigned Converted Attributes); returns the file written into ``out_folder``."""
+    import highdicom as hd
+
+    datasets = [pydicom.dcmread(p) for p in sorted(classic_folder.rglob("*.dcm"))]
+    image = hd.legacy.LegacyConvertedEnhancedPETImage(
+        legacy_datasets=datasets, series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
+        instance_number=1)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    path = out_folder / "multiframe.dcm"
+    image.save_as(path)
+    return path

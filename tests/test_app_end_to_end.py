@@ -13,6 +13,7 @@ import pydicom
 import pytest
 
 from app.__main__ import main
+from conftest import legacy_converted
 from dynamic_pet.parametric_dicom import read_nifti
 from demo import ki_error_report
 
@@ -92,3 +93,26 @@ def test_shuffled_names_and_varying_slopes_give_the_same_maps(noiseless_study, a
     ki, _ = read_nifti(out / "nifti" / "ki.nii.gz")
     ref, _ = read_nifti(app_output / "nifti" / "ki.nii.gz")
     assert np.allclose(ki, ref, atol=2e-3 * float(np.abs(ref).max()))
+
+
+def test_legacy_converted_enhanced_pet_gives_the_same_maps_and_valid_references(noiseless_study, app_output,
+                                                                                 tmp_path):
+    """The study as one Legacy Converted Enhanced PET instance (highdicom's converter): the same Ki, outputs
+    that pass dciodvfy, and references to the multi-frame instance with frame numbers."""
+    source = legacy_converted(noiseless_study / "dicom", tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["app", "-i", str(source.parent), "-o", str(out), "--method", "patlak", "--quiet"]) == 0
+    ki, _ = read_nifti(out / "nifti" / "ki.nii.gz")
+    ref, _ = read_nifti(app_output / "nifti" / "ki.nii.gz")
+    np.testing.assert_array_equal(ki, ref)
+    uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    pmap = pydicom.dcmread(next((out / "dicom" / "ki_pmap").glob("*.dcm")))
+    derivation = pmap.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence
+    assert {item.ReferencedSOPInstanceUID for item in derivation} == {uid}
+    assert all(int(item.ReferencedFrameNumber) >= 1 for item in derivation)
+    pet = [pydicom.dcmread(p) for p in sorted((out / "dicom" / "ki_pet").glob("*.dcm"))]
+    assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in pet} == {uid}
+    assert len({int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in pet}) == len(pet)
+    for path in [*(out / "dicom" / "ki_pmap").glob("*.dcm"), *sorted((out / "dicom" / "ki_pet").glob("*.dcm"))[:2]]:
+        res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert not [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")], path

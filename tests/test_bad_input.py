@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import RADIOPHARMACEUTICAL_KEYWORDS, set_header_value
+from conftest import RADIOPHARMACEUTICAL_KEYWORDS, legacy_converted, set_header_value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,9 +70,18 @@ def test_ct_only(series_copy, rewrite):
     _refused(series_copy.folder, "Modality", series_copy.folder, match="no PET series")
 
 
-def test_enhanced_pet_is_refused_clearly(series_copy, rewrite):
+def test_multiframe_pet_without_functional_groups_is_refused(series_copy, rewrite):
+    """Classic instances relabelled Enhanced PET: read as multi-frame, they have no frames to read."""
     rewrite(series_copy.folder, lambda ds, f, z: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.130"))
-    _refused(series_copy.folder, "SOPClassUID", match="Enhanced PET .* not supported yet")
+    _refused(series_copy.folder, "PerFrameFunctionalGroupsSequence", match="per-frame functional groups")
+
+
+def test_multiframe_pet_with_a_wrong_image_size_is_refused(tmp_path, write_series):
+    path = legacy_converted(write_series(tmp_path / "classic").folder, tmp_path / "lce")
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Rows - 1
+    ds.save_as(path)
+    _refused(path.parent, "PixelData", path, match="image size in the header is wrong")
 
 
 def test_two_equal_dynamic_series_are_ambiguous(tmp_path, write_series):

@@ -11,6 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from conftest import legacy_converted
+
 from dynamic_pet.dicom_series import decay_weighted_offset_s, load_dynamic_study
 from dynamic_pet.errors import InputError
 
@@ -244,3 +246,26 @@ def test_series_time_rewritten_after_the_scan_falls_back_to_first_frame_start(se
     study = load_dynamic_study(series_copy.folder)
     _assert_matches_truth(study, series_copy)
     assert any("reprocessed series" in note for note in study.notes)
+
+
+def test_legacy_converted_enhanced_pet_reads_as_its_classic_source(written_series, tmp_path):
+    """One multi-frame instance from highdicom's converter: the same activity, times and geometry as the
+    classic series it was made from, each slice's source is that frame's view, and per-frame
+    FrameAcquisitionDateTime gives the frame starts."""
+    path = legacy_converted(written_series.folder, tmp_path / "lce")
+    classic, multiframe = load_dynamic_study(written_series.folder), load_dynamic_study(path.parent)
+
+    _assert_matches_truth(multiframe, written_series)
+    np.testing.assert_array_equal(multiframe.activity, classic.activity)
+    np.testing.assert_array_equal(multiframe.frame_start_min, classic.frame_start_min)
+    np.testing.assert_array_equal(multiframe.affine, classic.affine)
+    assert "frame starts from the per-frame acquisition date/time" in multiframe.notes
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    assert multiframe.multiframe_source.SOPInstanceUID == source.SOPInstanceUID
+    positions = [source.PerFrameFunctionalGroupsSequence[f - 1].PlanePositionSequence[0].ImagePositionPatient
+                 for f in multiframe.source_frames]
+    assert [list(p) for p in positions] == [list(ds.ImagePositionPatient) for ds in multiframe.slice_datasets]
+    assert [str(ds.AcquisitionTime) for ds in multiframe.slice_datasets] == \
+        [str(ds.AcquisitionTime) for ds in classic.slice_datasets]
+    assert all("PerFrameFunctionalGroupsSequence" not in ds and "RescaleType" not in ds
+               for ds in multiframe.slice_datasets)

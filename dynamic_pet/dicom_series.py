@@ -861,19 +861,15 @@ def _read_instance(record: _Record, shape: tuple[int, int]) -> np.ndarray:
     return values
 
 
-def _source_datasets(records: list[_Record]) -> list[pydicom.Dataset]:
-    """The header of each record's instance, or its frame's view for a multi-frame instance (each file read
-    once)."""
-    views: dict[Path, list[pydicom.Dataset]] = {}
-    out = []
-    for record in records:
-        if record.frame is None:
-            out.append(pydicom.dcmread(record.path, stop_before_pixels=True))
-            continue
-        if record.path not in views:
-            views[record.path] = frame_views(pydicom.dcmread(record.path, stop_before_pixels=True), record.path)
-        out.append(views[record.path][record.frame])
-    return out
+def _source_headers(first_frame: list[_Record]) -> tuple[list[pydicom.Dataset], pydicom.Dataset | None,
+                                                          list[int] | None]:
+    """The output writer's sources, the first time frame's slices: each instance's header; for a multi-frame
+    instance its frames' views, with the instance's header and the 1-based frame numbers."""
+    if first_frame[0].frame is None:
+        return [pydicom.dcmread(r.path, stop_before_pixels=True) for r in first_frame], None, None
+    header = pydicom.dcmread(first_frame[0].path, stop_before_pixels=True)
+    views = frame_views(header, first_frame[0].path)
+    return [views[r.frame] for r in first_frame], header, [r.frame + 1 for r in first_frame]
 
 
 # ----------------------------------------------------------------------------------------------- entry
@@ -952,6 +948,9 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
     hint = _unreadable_hint(unreadable)
     normal = _slice_normal(records)
     frames = _sort_slices(_group_frames(records, root, notes, unreadable), normal, hint)
+    if frames[0][0].frame is not None and len({r.path for r in frames[0]}) > 1:
+        raise InputError("the slices of the first time frame are spread over several multi-frame instances; "
+                         "not supported", frames[0][-1].path, _tag("PerFrameFunctionalGroupsSequence"))
     affine, spacing = _geometry(frames[0], normal, notes)
     starts, ends, injection, from_acquisition = _frame_times(frames, half_life_s, notes)
     decay, reference = _decay_to_injection(frames, starts, ends - starts, injection, half_life_s,
@@ -969,17 +968,11 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
                                      "half-life or dose implausible", record.path, _INJECTION_TAGS)
     if records[0].get("units") != "BQML":
         notes.append(f"Units {records[0].get('units')} converted to Bq/mL")
-    slice_datasets = _source_datasets(frames[0])
-    multiframe = frames[0][0].frame is not None
-    if multiframe and len({r.path for r in frames[0]}) > 1:
-        raise InputError("the slices of the first time frame are spread over several multi-frame instances; "
-                         "not supported", frames[0][-1].path, _tag("PerFrameFunctionalGroupsSequence"))
+    slice_datasets, multiframe_source, source_frames = _source_headers(frames[0])
     logger.info("loaded a dynamic PET series: %d frames of %d slices of %dx%d", *activity.shape)
     return DynamicStudy(activity=activity, frame_start_min=starts / 60.0, frame_end_min=ends / 60.0,
                         affine=affine, spacing_mm=spacing, slice_datasets=slice_datasets,
                         series_instance_uid=records[0].series_uid,
                         study_instance_uid=str(records[0].get("study_uid") or ""),
                         half_life_s=float(half_life_s), notes=notes,
-                        multiframe_source=pydicom.dcmread(frames[0][0].path, stop_before_pixels=True)
-                        if multiframe else None,
-                        source_frames=[r.frame + 1 for r in frames[0]] if multiframe else None)
+                        multiframe_source=multiframe_source, source_frames=source_frames)

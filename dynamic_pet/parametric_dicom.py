@@ -183,7 +183,8 @@ def _source_geometry(study: DynamicStudy) -> dict:
             "plane_positions": [hd.PlanePositionSequence(patient, ds.ImagePositionPatient)
                                 for ds in study.slice_datasets],
             "plane_orientation": hd.PlaneOrientationSequence(patient, first.ImageOrientationPatient),
-            "pixel_measures": hd.PixelMeasuresSequence(first.PixelSpacing, study.spacing_mm[0],
+            "pixel_measures": hd.PixelMeasuresSequence(first.PixelSpacing,
+                                                       first.get("SliceThickness") or study.spacing_mm[0],
                                                        spacing_between_slices=study.spacing_mm[0])}
 
 

@@ -77,6 +77,7 @@ logger = logging.getLogger(__name__)
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 MULTIFRAME_PET_STORAGE = {"1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
                           "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage"}
+PET_IMAGE_CLASSES = {PET_IMAGE_STORAGE, *MULTIFRAME_PET_STORAGE}
 # Functional-group macros whose contents are classic PET attributes (PS3.3 C.7.6.16.2)
 _CLASSIC_MACROS = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
                    "PixelValueTransformationSequence", "UnassignedSharedConvertedAttributesSequence",
@@ -358,12 +359,12 @@ def _scan(root: Path) -> tuple[dict[str, list[_Record]], list[Path]]:
         try:
             ds = pydicom.dcmread(path, defer_size=256)  # pixel data located, not loaded
             record = _Record(path, ds)
-            if record.modality == "PT" and record.sop_class in (PET_IMAGE_STORAGE, *MULTIFRAME_PET_STORAGE):
+            if record.modality == "PT" and record.sop_class in PET_IMAGE_CLASSES:
                 _check_complete(ds, path)
-            if record.modality == "PT" and record.sop_class in MULTIFRAME_PET_STORAGE:
-                for frame in _multiframe_records(path, ds):
-                    by_series[frame.series_uid].append(frame)
-                continue
+                if record.sop_class in MULTIFRAME_PET_STORAGE:
+                    for frame in _multiframe_records(path, ds):
+                        by_series[frame.series_uid].append(frame)
+                    continue
         except InvalidDicomError:
             logger.debug("ignored, not a DICOM file: %s", path)
             continue
@@ -492,7 +493,7 @@ def _select_series(by_series: dict[str, list[_Record]], root: Path, wanted: str 
 
 def _is_pet_image(records: list[_Record]) -> bool:
     """Classic or multi-frame PET image storage (a mix of SOP classes is refused by the series checks)."""
-    return any(r.sop_class in (PET_IMAGE_STORAGE, *MULTIFRAME_PET_STORAGE) for r in records)
+    return any(r.sop_class in PET_IMAGE_CLASSES for r in records)
 
 
 def _require_dynamic_pet(records: list[_Record]) -> list[_Record]:

@@ -13,8 +13,9 @@ background). Ki and V run as one batch of 2D slices, cropped to the body's bound
 across a different volume axis (axial, coronal, sagittal) from step to step where the voxels are near-cubic, so
 the 2D prior acts in all three directions. With theta = a (x - lo), a = s / (hi - lo), the data term becomes
 D(x) = 0.5 (x - x_hat)^T P (x - x_hat) per voxel, P = inv_var * diag(a) gram diag(a): P is the inverse
-covariance of the conventional estimate in scaled units, so the prior weights ``lam`` below are precisions in
-(scaled unit)^-2 and the prior's pull weakens where the data are good (higher dose).
+covariance of the conventional estimate in scaled units; both samplers give the prior's denoised estimate the
+precision lam / sigmabar_t^2 in the same units (:func:`prior_precision`), so the prior's pull weakens where the
+data are good (higher dose).
 
 Outside the body the conventional estimate theta_hat is returned unchanged.
 """
@@ -213,6 +214,12 @@ def _report(progress: Progress | None, name: str, i: int, n: int, t: int, t0: fl
         progress(i, n, t)
 
 
+def prior_precision(lam: float, ab: float) -> float:
+    """lam / sigmabar_t^2 with sigmabar_t^2 = (1 - ab_t) / ab_t: the weight of the prior's denoised estimate at
+    step t, against the data precision P (RED-diff's lam_t, HQS's rho_t)."""
+    return lam * ab / (1 - ab)
+
+
 def descending_steps(t_max: int, t_min: int, steps: int) -> list[int]:
     """``steps`` diffusion steps evenly spaced from t_max down to t_min (rounded, duplicates kept)."""
     return [int(round(t)) for t in np.linspace(t_max, t_min, steps)]
@@ -261,7 +268,7 @@ def red_diff(prior, quad: PatlakQuadratic, *, steps: int = RED_DIFF.steps, lam: 
         ab = float(prior.alphas_cumprod[t])
         eps = _noise(gen, mu)
         eps_hat = _eps(prior, ab ** 0.5 * mu + (1 - ab) ** 0.5 * eps, t, axes[(i - 1) % len(axes)])
-        lam_t = lam * ab / (1 - ab)
+        lam_t = prior_precision(lam, ab)
         g = prob.hess(mu - prob.x_hat) + lam_t * ((1 - ab) / ab) ** 0.5 * (eps_hat - eps)
         if adam is None:
             mu = mu - lr * prob.solve(lam_t, g)
@@ -305,7 +312,7 @@ def hqs(prior, quad: PatlakQuadratic, *, steps: int = HQS.steps, lam: float = HQ
     for i, t in enumerate(ts, 1):
         ab = float(prior.alphas_cumprod[t])
         x0 = (x - (1 - ab) ** 0.5 * _eps(prior, x, t, axes[(i - 1) % len(axes)])) / ab ** 0.5
-        rho = lam * ab / (1 - ab)
+        rho = prior_precision(lam, ab)
         x0 = prob.hold_background(prob.solve(rho, prob.hess(prob.x_hat) + rho * x0))
         _report(progress, "HQS", i, len(ts), t, t0)
         if i == len(ts):

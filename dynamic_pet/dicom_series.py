@@ -18,8 +18,13 @@ Multi-frame PET (Legacy Converted Enhanced PET, Enhanced PET)
     Shared / Per-Frame Converted Attributes (where a legacy conversion keeps FrameReferenceTime,
     ImageIndex, DecayFactor, Units, DecayCorrection, ...). Frame Content's FrameAcquisitionDateTime is the
     frame's acquisition date-time and FrameAcquisitionDuration its duration where ActualFrameDuration is
-    absent. Every rule below then applies unchanged; a value the PET modules require and the instance
-    lacks is refused naming its tag.
+    absent. A native Enhanced PET frame (no Units) takes its units and rescale from its Real World Value
+    Mapping (the frame's own, else the shared one; CID 84 ``Bq/ml`` as BQML, ``g/ml{SUVbw}`` as GML, with
+    RealWorldValueSlope / Intercept, which win over the Pixel Value Transformation; other units and LUT
+    mappings are refused), its decay correction from the Enhanced PET Corrections module (DecayCorrected NO
+    as NONE, YES as corrected to DecayCorrectionDateTime) and its dose in MBq (Enhanced PET Isotope module).
+    Every rule below then applies unchanged; a value the PET modules require and the instance lacks is
+    refused naming its tag.
 
 Frames and slices
     Frames are grouped by ImageIndex // NumberOfSlices when every instance has both, the indices are
@@ -42,7 +47,8 @@ Decay correction: every frame is brought to the injection time
     ``ADMIN``: unchanged. ``START``: multiplied by exp(lambda * (SeriesDate/Time - injection)); when
     SeriesDate/Time lies after the first frame start (a reprocessed series), the first frame start is
     the reference instead (as the QIBA SUV guidance does). ``NONE``: multiplied by
-    lambda*D/(1-exp(-lambda*D)) * exp(lambda*t_start). DecayFactor is only compared with the
+    lambda*D/(1-exp(-lambda*D)) * exp(lambda*t_start). Enhanced PET's DecayCorrected YES: multiplied by
+    exp(lambda * (DecayCorrectionDateTime - injection)). DecayFactor is only compared with the
     expected value (a note when it differs by more than 1 %).
 
 Units
@@ -75,7 +81,8 @@ from dynamic_pet.study import DynamicStudy
 logger = logging.getLogger(__name__)
 
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-MULTIFRAME_PET_STORAGE = {"1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
+ENHANCED_PET_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
+MULTIFRAME_PET_STORAGE = {ENHANCED_PET_STORAGE: "Enhanced PET Image Storage",
                           "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage"}
 PET_IMAGE_CLASSES = {PET_IMAGE_STORAGE, *MULTIFRAME_PET_STORAGE}
 # Functional-group macros whose contents are classic PET attributes (PS3.3 C.7.6.16.2)
@@ -86,6 +93,8 @@ _MULTIFRAME_ONLY = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsS
                     "DimensionOrganizationSequence", "DimensionIndexSequence", "DimensionOrganizationType",
                     "PixelPresentation", "VolumetricProperties", "VolumeBasedCalculationTechnique",
                     "ContentQualification", "PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# CID 84 "PET Units" (UCUM) codes of a Real World Value Mapping -> the PET Series' Units they stand for
+_REAL_WORLD_UNITS = {"Bq/ml": "BQML", "g/ml{SUVbw}": "GML"}
 _PHILIPS_CREATOR = "Philips PET Private Group"
 _OVERLAP_TOLERANCE_S = 1.0  # acquisition times truncated to whole seconds can overlap by up to 1 s
 _DECAY_FACTOR_TOLERANCE = 0.01
@@ -211,6 +220,65 @@ def _radiopharmaceutical(ds: pydicom.Dataset) -> pydicom.Dataset:
     return sequence[0] if sequence else pydicom.Dataset()
 
 
+def _decay_mode(ds: pydicom.Dataset) -> str | None:
+    """The PET Series' DecayCorrection, else the Enhanced PET Corrections module's DecayCorrected: NO is
+    ``NONE``, YES is ``DATETIME`` (corrected to DecayCorrectionDateTime)."""
+    mode = _text(ds, "DecayCorrection")
+    if mode is not None:
+        return mode
+    corrected = _text(ds, "DecayCorrected")
+    return {"NO": "NONE", "YES": "DATETIME"}.get(corrected, corrected)
+
+
+def _real_world_mapping(ds: pydicom.Dataset) -> tuple[str, pydicom.Dataset] | None:
+    """(Units, item) of the frame's Real World Value Mapping in Bq/mL (else body-weight SUV), or None without
+    a mapping; ValueError for a mapping in other units only."""
+    coded = {}
+    for item in _raw(ds, "RealWorldValueMappingSequence") or []:
+        unit = (_raw(item, "MeasurementUnitsCodeSequence") or [pydicom.Dataset()])[0]
+        coded.setdefault(str(unit.get("CodeValue", "") or "").strip(), item)
+    for code, units in _REAL_WORLD_UNITS.items():
+        if code in coded:
+            return units, coded[code]
+    if coded:
+        raise ValueError(f"Real World Value Mapping in {', '.join(map(repr, sorted(coded)))}, not an activity "
+                         f"concentration ({' or '.join(_REAL_WORLD_UNITS)}, CID 84)")
+    return None
+
+
+def _units(ds: pydicom.Dataset) -> str | None:
+    """The PET Series' Units, else those of a native Enhanced PET frame's Real World Value Mapping."""
+    units = _text(ds, "Units")
+    if units is not None:
+        return units
+    mapping = _real_world_mapping(ds)
+    return None if mapping is None else mapping[0]
+
+
+def _rescale(ds: pydicom.Dataset, keyword: str) -> float | None:
+    """RescaleSlope / RescaleIntercept; for a native Enhanced PET frame (no Units) the Real World Value
+    Mapping's slope / intercept, the standard's mapping of stored values to its units."""
+    try:
+        mapping = _real_world_mapping(ds) if _text(ds, "Units") is None else None
+    except ValueError:  # a mapping in other units: refused against Units
+        mapping = None
+    if mapping is None:
+        return _float(ds, keyword)
+    real_world = keyword.replace("Rescale", "RealWorldValue")
+    value = _float(mapping[1], real_world)
+    if value is None:
+        raise ValueError(f"the Real World Value Mapping in {mapping[0]} has no {_tag(real_world)} "
+                         "(a LUT mapping is not supported)")
+    return value
+
+
+def _dose_bq(ds: pydicom.Dataset) -> float | None:
+    """RadionuclideTotalDose in Bq: the PET Isotope module states Bq, the Enhanced PET Isotope module MBq."""
+    dose = _float(_radiopharmaceutical(ds), "RadionuclideTotalDose")
+    enhanced = str(_raw(ds, "SOPClassUID") or "") == ENHANCED_PET_STORAGE
+    return dose * 1e6 if dose is not None and enhanced else dose
+
+
 def _philips_scale(ds: pydicom.Dataset) -> float | None:
     try:
         block = ds.private_block(0x7053, _PHILIPS_CREATOR)
@@ -247,11 +315,12 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "n_frames_in_file": ("NumberOfFrames", lambda ds: _int(ds, "NumberOfFrames")),
     "frt_ms": ("FrameReferenceTime", lambda ds: _float(ds, "FrameReferenceTime")),
     "duration_ms": ("ActualFrameDuration", lambda ds: _float(ds, "ActualFrameDuration")),
-    "units": ("Units", lambda ds: _text(ds, "Units")),
-    "decay_correction": ("DecayCorrection", lambda ds: _text(ds, "DecayCorrection")),
+    "units": ("Units", _units),
+    "decay_correction": ("DecayCorrection", _decay_mode),
+    "decay_dt": ("DecayCorrectionDateTime", lambda ds: _datetime(ds, "DecayCorrectionDateTime")),
     "decay_factor": ("DecayFactor", lambda ds: _float(ds, "DecayFactor")),
     "half_life_s": ("RadionuclideHalfLife", lambda ds: _float(_radiopharmaceutical(ds), "RadionuclideHalfLife")),
-    "dose_bq": ("RadionuclideTotalDose", lambda ds: _float(_radiopharmaceutical(ds), "RadionuclideTotalDose")),
+    "dose_bq": ("RadionuclideTotalDose", _dose_bq),
     "weight_kg": ("PatientWeight", lambda ds: _float(ds, "PatientWeight")),
     "position": ("ImagePositionPatient", lambda ds: _floats(ds, "ImagePositionPatient", 3)),
     "orientation": ("ImageOrientationPatient", lambda ds: _floats(ds, "ImageOrientationPatient", 6)),
@@ -260,16 +329,16 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "rows": ("Rows", lambda ds: _int(ds, "Rows")),
     "columns": ("Columns", lambda ds: _int(ds, "Columns")),
     "pixel_bytes": ("PixelData", _native_pixel_bytes),
-    "slope": ("RescaleSlope", lambda ds: _float(ds, "RescaleSlope")),
-    "intercept": ("RescaleIntercept", lambda ds: _float(ds, "RescaleIntercept")),
+    "slope": ("RescaleSlope", lambda ds: _rescale(ds, "RescaleSlope")),
+    "intercept": ("RescaleIntercept", lambda ds: _rescale(ds, "RescaleIntercept")),
     "philips_scale": ("Philips (7053,1009) activity concentration scale factor", _philips_scale),
     "series_dt": ("SeriesTime", lambda ds: _combine(_date(ds, "SeriesDate"), _time(ds, "SeriesTime"))),
     "acquisition_dt": ("AcquisitionTime", lambda ds: _acquisition_datetime(ds)),
 }
 # consistency across all instances of the series is required for these
 _SERIES_LEVEL = ("sop_class", "study_uid", "n_time_slices", "n_slices", "units", "decay_correction",
-                 "half_life_s", "orientation", "pixel_spacing", "rows", "columns", "series_dt", "injection")
-_DATE_FIELDS = {"series_dt", "injection", "acquisition_dt"}
+                 "decay_dt", "half_life_s", "orientation", "pixel_spacing", "rows", "columns", "series_dt", "injection")
+_DATE_FIELDS = {"series_dt", "injection", "acquisition_dt", "decay_dt"}
 _INJECTION_TAGS = "(0018,1078) RadiopharmaceuticalStartDateTime / (0018,1072) RadiopharmaceuticalStartTime"
 
 
@@ -405,6 +474,9 @@ def frame_views(ds: pydicom.Dataset, path: Path) -> list[pydicom.Dataset]:
                 view.add_new("AcquisitionDateTime", "DT", content.FrameAcquisitionDateTime)
             if _raw(content, "FrameAcquisitionDuration") is not None and _raw(view, "ActualFrameDuration") is None:
                 view.add_new("ActualFrameDuration", "IS", round(float(content.FrameAcquisitionDuration)))  # ms
+        mapping = _raw(groups, "RealWorldValueMappingSequence") or _raw(shared, "RealWorldValueMappingSequence")
+        if mapping is not None:
+            view.add_new("RealWorldValueMappingSequence", "SQ", mapping)
         view.pop("RescaleType", None)  # Pixel Value Transformation only, not a PET Image attribute
         try:
             acquired = _datetime(view, "AcquisitionDateTime")
@@ -768,12 +840,19 @@ def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, duratio
             factors = np.full(len(frames), np.exp(lam * reference))
         notes.append(f"DecayCorrection START: decay-corrected from the series start ({reference:.1f} s after "
                      "injection) to the injection time")
+    elif mode == "DATETIME":
+        reference = (record.get("decay_dt", required=True) - injection).total_seconds()
+        with np.errstate(over="ignore"):
+            factors = np.full(len(frames), np.exp(lam * reference))
+        notes.append(f"DecayCorrected YES: decay-corrected from DecayCorrectionDateTime ({reference:.1f} s after "
+                     "injection) to the injection time")
     elif mode == "NONE":
         reference = float("nan")
         factors = np.exp(lam * (starts + decay_weighted_offset_s(durations, half_life_s)))
         notes.append("DecayCorrection NONE: each frame decay-corrected over the frame and to the injection time")
     else:
-        raise InputError(f"unknown decay correction {mode!r} (expected START, ADMIN or NONE)", record.path,
+        raise InputError(f"unknown decay correction {mode!r} (expected START, ADMIN or NONE, or DecayCorrected "
+                         "YES / NO)", record.path,
                          _tag("DecayCorrection"))
     if mode != "NONE":
         _check_decay_factors(frames, lam * (starts + decay_weighted_offset_s(durations, half_life_s) - reference),

@@ -73,7 +73,11 @@ _DROP_FROM_PET = (
     "SliceSensitivityFactor", "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
     "WindowCenterWidthExplanation", "VOILUTSequence", "ReferencedImageSequence", "ImageComments",
     "TemporalPositionIndex",
+    # a native Enhanced PET source's frame: its mapping describes the source's values, not the map's
+    "RealWorldValueMappingSequence", "DecayCorrected", "DecayCorrectionDateTime",
 )
+# PET Series / NM-PET Patient Orientation type 2 attributes a multi-frame source need not carry: empty when absent
+_PET_TYPE2 = {"CollimatorType": "", "PatientOrientationCodeSequence": [], "PatientGantryRelationshipCodeSequence": []}
 
 
 def write_parametric_outputs(study: DynamicStudy, maps: dict[str, np.ndarray], out_dir: Path, *,
@@ -243,6 +247,9 @@ def _derived_pet_slice(source: pydicom.Dataset, values: np.ndarray, z: int, seri
     for keyword, value in series.items():
         ds.pop(keyword, None)  # a source element may carry a wrong VR (e.g. LO): set it afresh
         setattr(ds, keyword, value)
+    for keyword, empty in _PET_TYPE2.items():
+        if keyword not in ds:
+            setattr(ds, keyword, empty)
     if "Laterality" not in ds and "BodyPartExamined" not in ds:  # type 2C on a paired body part: unknown here
         ds.Laterality = ""
     ds.SOPInstanceUID = hd.UID()

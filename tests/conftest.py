@@ -213,3 +213,38 @@ def legacy_converted(classic_folder: Path, out_folder: Path) -> Path:
     path = out_folder / "multiframe.dcm"
     image.save_as(path)
     return path
+
+
+def native_enhanced(classic_folder: Path, out_folder: Path, transformation_gain: float = 1.0) -> Path:
+    """A native Enhanced PET instance made from a classic series: highdicom's legacy conversion with the
+    classic PET attributes taken out (no Units, DecayCorrection, FrameReferenceTime, ImageIndex): units and
+    rescale in a per-frame Real World Value Mapping (CID 84 ``Bq/ml``), decay correction in the Enhanced PET
+    Corrections module (DecayCorrected YES to the classic series' START time), the dose in MBq (Enhanced PET
+    Isotope module). ``transformation_gain`` scales the Pixel Value Transformation's slope away from the
+    mapping's."""
+    path = legacy_converted(classic_folder, out_folder)
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.130"
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    converted = shared.UnassignedSharedConvertedAttributesSequence[0]
+    del shared.UnassignedSharedConvertedAttributesSequence
+    assert converted.DecayCorrection == "START"
+    ds.RadiopharmaceuticalInformationSequence = converted.RadiopharmaceuticalInformationSequence
+    item = ds.RadiopharmaceuticalInformationSequence[0]
+    item.RadionuclideTotalDose = float(item.RadionuclideTotalDose) / 1e6  # MBq
+    ds.CountsSource, ds.DecayCorrected = "EMISSION", "YES"
+    ds.DecayCorrectionDateTime = f"{ds.SeriesDate}{ds.SeriesTime}"
+    for groups in ds.PerFrameFunctionalGroupsSequence:
+        del groups.UnassignedPerFrameConvertedAttributesSequence
+        rescale = groups.PixelValueTransformationSequence[0]
+        mapping = pydicom.Dataset()
+        mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept = float(rescale.RescaleSlope), 0.0
+        mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped = -32768, 32767
+        mapping.LUTExplanation, mapping.LUTLabel = "activity concentration", "BQML"
+        unit = pydicom.Dataset()
+        unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = "Bq/ml", "UCUM", "Becquerels/milliliter"
+        mapping.MeasurementUnitsCodeSequence = [unit]
+        groups.RealWorldValueMappingSequence = [mapping]
+        rescale.RescaleSlope = pydicom.valuerep.format_number_as_ds(float(rescale.RescaleSlope) * transformation_gain)
+    ds.save_as(path)
+    return path

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from app.__main__ import main
-from conftest import legacy_converted
+from conftest import legacy_converted, native_enhanced
 from dynamic_pet.parametric_dicom import read_nifti
 from demo import ki_error_report
 
@@ -99,11 +99,12 @@ def test_shuffled_names_and_varying_slopes_give_the_same_maps(noiseless_study, a
     assert np.allclose(ki, ref, atol=2e-3 * float(np.abs(ref).max()))
 
 
-def test_legacy_converted_enhanced_pet_gives_the_same_maps_and_valid_references(noiseless_study, app_output,
-                                                                                 tmp_path):
-    """The study as one Legacy Converted Enhanced PET instance (highdicom's converter): the same Ki, outputs
-    that pass dciodvfy, and references to the multi-frame instance with frame numbers."""
-    source = legacy_converted(noiseless_study / "dicom", tmp_path / "in")
+@pytest.mark.parametrize("convert", [legacy_converted, native_enhanced], ids=["legacy-converted", "native"])
+def test_enhanced_pet_gives_the_same_maps_and_valid_references(noiseless_study, app_output, tmp_path, convert):
+    """The study as one Legacy Converted Enhanced PET instance (highdicom's converter), or as a native Enhanced
+    PET one (units in the Real World Value Mapping, decay in the Enhanced PET Corrections module): the same
+    Ki, outputs that pass dciodvfy, and references to the multi-frame instance with frame numbers."""
+    source = convert(noiseless_study / "dicom", tmp_path / "in")
     out = tmp_path / "out"
     assert main(["app", "-i", str(source.parent), "-o", str(out), "--method", "patlak", "--quiet"]) == 0
     ki, _ = read_nifti(out / "nifti" / "ki.nii.gz")
@@ -117,6 +118,7 @@ def test_legacy_converted_enhanced_pet_gives_the_same_maps_and_valid_references(
     pet = [pydicom.dcmread(p) for p in sorted((out / "dicom" / "ki_pet").glob("*.dcm"))]
     assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in pet} == {uid}
     assert len({int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in pet}) == len(pet)
+    assert not any("RealWorldValueMappingSequence" in ds for ds in pet)  # the source's mapping is not the map's
     for path in [*(out / "dicom" / "ki_pmap").glob("*.dcm"), *sorted((out / "dicom" / "ki_pet").glob("*.dcm"))[:2]]:
         errors = _dciodvfy_errors(path)
         assert not errors, (path, errors)

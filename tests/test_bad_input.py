@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import RADIOPHARMACEUTICAL_KEYWORDS, legacy_converted, set_header_value
+from conftest import RADIOPHARMACEUTICAL_KEYWORDS, legacy_converted, native_enhanced, set_header_value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,6 +82,40 @@ def test_multiframe_pet_with_a_wrong_image_size_is_refused(tmp_path, write_serie
     ds.Rows = ds.Rows - 1
     ds.save_as(path)
     _refused(path.parent, "PixelData", path, match="image size in the header is wrong")
+
+
+def _edited_native_enhanced(tmp_path, write_series, edit) -> Path:
+    path = native_enhanced(write_series(tmp_path / "classic").folder, tmp_path / "native")
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path)
+    return path
+
+
+def _unit_code(ds, code):
+    for groups in ds.PerFrameFunctionalGroupsSequence:
+        groups.RealWorldValueMappingSequence[0].MeasurementUnitsCodeSequence[0].CodeValue = code
+
+
+@pytest.mark.parametrize("edit, tag, match", [
+    (lambda ds: delattr(ds, "DecayCorrectionDateTime"), "DecayCorrectionDateTime", "required value is missing"),
+    (lambda ds: delattr(ds, "DecayCorrected"), "DecayCorrection", "required value is missing"),
+    (lambda ds: _unit_code(ds, "cm2/ml"), "Units", "in 'cm2/ml', not an activity concentration"),
+    (lambda ds: [delattr(g, "RealWorldValueMappingSequence") for g in ds.PerFrameFunctionalGroupsSequence],
+     "Units", "required value is missing"),
+], ids=["decay-corrected-without-date-time", "no-decay-correction", "unit-not-activity", "no-units"])
+def test_native_enhanced_pet_without_units_or_decay_reference_is_refused(tmp_path, write_series, edit, tag, match):
+    path = _edited_native_enhanced(tmp_path, write_series, edit)
+    _refused(path.parent, tag, path, match=match)
+
+
+def test_native_enhanced_pet_with_a_lookup_table_mapping_is_refused(tmp_path, write_series):
+    def lookup_table(ds):
+        for groups in ds.PerFrameFunctionalGroupsSequence:
+            del groups.RealWorldValueMappingSequence[0].RealWorldValueSlope
+
+    path = _edited_native_enhanced(tmp_path, write_series, lookup_table)
+    _refused(path.parent, "RescaleSlope", path, match=r"no \(0040,9225\) RealWorldValueSlope")
 
 
 def test_two_equal_dynamic_series_are_ambiguous(tmp_path, write_series):

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import legacy_converted
+from conftest import legacy_converted, native_enhanced
 
 from dynamic_pet.dicom_series import decay_weighted_offset_s, load_dynamic_study
 from dynamic_pet.errors import InputError
@@ -269,3 +269,60 @@ def test_legacy_converted_enhanced_pet_reads_as_its_classic_source(written_serie
         [str(ds.AcquisitionTime) for ds in classic.slice_datasets]
     assert all("PerFrameFunctionalGroupsSequence" not in ds and "RescaleType" not in ds
                for ds in multiframe.slice_datasets)
+
+
+@pytest.mark.parametrize("gain", [1.0, 2.0])
+def test_native_enhanced_pet_reads_units_decay_and_dose_by_its_own_modules(written_series, tmp_path, gain):
+    """Enhanced PET without the classic attributes: Bq/mL and the rescale from the Real World Value Mapping
+    (which wins over a Pixel Value Transformation that disagrees), the decay reference from
+    DecayCorrectionDateTime, the dose in MBq; the same activity and times as the classic source."""
+    path = native_enhanced(written_series.folder, tmp_path / "native", transformation_gain=gain)
+    classic, native = load_dynamic_study(written_series.folder), load_dynamic_study(path.parent)
+
+    _assert_matches_truth(native, written_series)
+    np.testing.assert_allclose(native.activity, classic.activity, rtol=1e-6, atol=1e-6 * classic.activity.max())
+    np.testing.assert_allclose(native.frame_start_min, classic.frame_start_min, atol=1e-9)
+    assert any(note.startswith("DecayCorrected YES") for note in native.notes)
+
+
+def test_native_enhanced_pet_in_suv_is_converted_with_the_dose_in_mbq(written_series, tmp_path):
+    """A mapping to body-weight SUV (CID 84 g/ml{SUVbw}) is inverted with the Enhanced PET Isotope module's dose,
+    which is in MBq, decayed to DecayCorrectionDateTime."""
+    path = native_enhanced(written_series.folder, tmp_path / "native")
+    ds = pydicom.dcmread(path)
+    item = ds.RadiopharmaceuticalInformationSequence[0]
+    when = {k: dt.datetime.strptime(str(v)[:14], "%Y%m%d%H%M%S")
+            for k, v in (("ref", ds.DecayCorrectionDateTime), ("inj", item.RadiopharmaceuticalStartDateTime))}
+    dose_bq = float(item.RadionuclideTotalDose) * 1e6 * np.exp(-_lam(written_series)
+                                                               * (when["ref"] - when["inj"]).total_seconds())
+    suv_per_bqml = float(ds.PatientWeight) * 1000 / dose_bq
+    for groups in ds.PerFrameFunctionalGroupsSequence:
+        mapping = groups.RealWorldValueMappingSequence[0]
+        mapping.RealWorldValueSlope *= suv_per_bqml
+        mapping.MeasurementUnitsCodeSequence[0].CodeValue = "g/ml{SUVbw}"
+    ds.save_as(path)
+    _assert_matches_truth(load_dynamic_study(path.parent), written_series)
+
+
+def test_native_enhanced_pet_uncorrected_frames_are_decay_corrected(written_series, tmp_path):
+    """DecayCorrected NO is the classic NONE: each frame is corrected over the frame to the injection."""
+    path = native_enhanced(written_series.folder, tmp_path / "native")
+    ds = pydicom.dcmread(path)
+    reference = dt.datetime.strptime(str(ds.DecayCorrectionDateTime)[:14], "%Y%m%d%H%M%S")
+    injection = dt.datetime.strptime(str(ds.RadiopharmaceuticalInformationSequence[0]
+                                         .RadiopharmaceuticalStartDateTime)[:14], "%Y%m%d%H%M%S")
+    lam = _lam(written_series)
+    for f, groups in enumerate(ds.PerFrameFunctionalGroupsSequence):  # undo the correction to the reference
+        content = groups.FrameContentSequence[0]
+        start = (dt.datetime.strptime(str(content.FrameAcquisitionDateTime)[:14], "%Y%m%d%H%M%S")
+                 - reference).total_seconds()
+        duration = float(content.FrameAcquisitionDuration) / 1000
+        factor = np.exp(-lam * (start + decay_weighted_offset_s(duration, written_series.half_life_s)))
+        groups.RealWorldValueMappingSequence[0].RealWorldValueSlope *= factor
+    ds.DecayCorrected = "NO"
+    del ds.DecayCorrectionDateTime
+    ds.save_as(path)
+    assert (reference - injection).total_seconds() > 0
+    study = load_dynamic_study(path.parent)
+    _assert_matches_truth(study, written_series, rtol=2e-3)  # acquisition times are whole seconds
+    assert any(note.startswith("DecayCorrection NONE") for note in study.notes)

@@ -337,7 +337,8 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
 }
 # consistency across all instances of the series is required for these
 _SERIES_LEVEL = ("sop_class", "study_uid", "n_time_slices", "n_slices", "units", "decay_correction",
-                 "decay_dt", "half_life_s", "orientation", "pixel_spacing", "rows", "columns", "series_dt", "injection")
+                 "decay_dt", "half_life_s", "orientation", "pixel_spacing", "rows", "columns", "series_dt",
+                 "injection")
 _DATE_FIELDS = {"series_dt", "injection", "acquisition_dt", "decay_dt"}
 _INJECTION_TAGS = "(0018,1078) RadiopharmaceuticalStartDateTime / (0018,1072) RadiopharmaceuticalStartTime"
 
@@ -852,8 +853,7 @@ def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, duratio
         notes.append("DecayCorrection NONE: each frame decay-corrected over the frame and to the injection time")
     else:
         raise InputError(f"unknown decay correction {mode!r} (expected START, ADMIN or NONE, or DecayCorrected "
-                         "YES / NO)", record.path,
-                         _tag("DecayCorrection"))
+                         "YES / NO)", record.path, _tag("DecayCorrection"))
     if mode != "NONE":
         _check_decay_factors(frames, lam * (starts + decay_weighted_offset_s(durations, half_life_s) - reference),
                              notes)

@@ -76,8 +76,9 @@ _DROP_FROM_PET = (
     # a native Enhanced PET source's frame: its mapping describes the source's values, not the map's
     "RealWorldValueMappingSequence", "DecayCorrected", "DecayCorrectionDateTime",
 )
-# PET Series / NM-PET Patient Orientation type 2 attributes a multi-frame source need not carry: empty when absent
-_PET_TYPE2 = {"CollimatorType": "", "PatientOrientationCodeSequence": [], "PatientGantryRelationshipCodeSequence": []}
+# PET Series / NM-PET Patient Orientation type 2 attributes a native Enhanced PET source lacks: empty if absent
+_PET_TYPE2 = {"CollimatorType": "", "PatientOrientationCodeSequence": [],
+              "PatientGantryRelationshipCodeSequence": []}
 
 
 def write_parametric_outputs(study: DynamicStudy, maps: dict[str, np.ndarray], out_dir: Path, *,

@@ -245,6 +245,7 @@ def native_enhanced(classic_folder: Path, out_folder: Path, transformation_gain:
         unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = "Bq/ml", "UCUM", "Becquerels/milliliter"
         mapping.MeasurementUnitsCodeSequence = [unit]
         groups.RealWorldValueMappingSequence = [mapping]
-        rescale.RescaleSlope = pydicom.valuerep.format_number_as_ds(float(rescale.RescaleSlope) * transformation_gain)
+        gained = float(rescale.RescaleSlope) * transformation_gain
+        rescale.RescaleSlope = pydicom.valuerep.format_number_as_ds(gained)
     ds.save_as(path)
     return path

@@ -2,8 +2,9 @@
 
 Input: a folder of DICOM files holding a dynamic PET series (classic, or multi-frame Legacy Converted
 Enhanced / Enhanced PET Image Storage). Output, in the same study: Ki and V as DICOM Parametric Maps and as
-derived PET series, NIfTI copies, the input function and summary.json. On the demo phantom (48 slices of 96x96, 29 frames) conventional Patlak takes a few
-seconds on 2 CPU cores; see README for the diffusion-prior methods' timings.
+derived PET series, NIfTI copies, the input function and summary.json. On the demo phantom (48 slices of
+96x96, 29 frames) conventional Patlak takes a few seconds on 2 CPU cores; see README for the diffusion-prior
+methods' timings.
 
 Workflow (compose): load the dynamic series -> sort frames and slices into Bq/mL -> input function
 (automatic aorta / LV, a mask or a CSV) -> Patlak estimation (conventional or with the diffusion prior)

@@ -1,7 +1,7 @@
 """Automatic blood-pool region for an image-derived input function (IDIF).
 
 Blood is where activity peaks in the first minutes after injection and has mostly cleared later. Among
-such voxels the descending (or ascending) aorta is preferred: a vertical tube whose axial sections are
+such voxels (at the lowest of a few peak levels that gives one) the descending (or ascending) aorta is preferred: a vertical tube whose axial sections are
 round and of aortic calibre over at least 5 cm; the left-ventricle cavity is the fallback when no aorta
 is in view (it suffers more spill-in from the myocardium). The region is eroded and reduced to its
 hottest core, the usual defence against partial-volume loss at the vessel wall.
@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 EARLY_WINDOW_MIN = 3.0  # the bolus peak lies within the first minutes in every clinical protocol
 AORTA_RADIUS_MM = (6.0, 20.0)  # accepted radius of an eroded aortic section
 MIN_AORTA_LENGTH_MM = 50.0
+# Blood: early peak above these fractions of the early maximum (its 99.95th percentile), tried in turn for the
+# aorta. The lowest keeps the whole vessel when the first pass is imaged; a scan started after it sees lungs and
+# heart nearly as hot as the aorta, merged with it at the lowest level, and a higher one separates them.
+PEAK_FRACTIONS = (0.35, 0.45, 0.55, 0.65)
 CORE_FRACTION = 0.8  # keep voxels whose early peak reaches this fraction of the region's per-slice max
 
 
@@ -50,13 +54,20 @@ def detect_blood_pool(activity: np.ndarray, frame_mid_min: np.ndarray, spacing_m
     if not np.isfinite(top) or top <= 0:
         raise InputError("the early frames hold no activity: no blood pool can be detected",
                          tag="(7FE0,0010) PixelData")
-    blood = (peak > 0.35 * top) & (late_img < 0.5 * peak)
-    blood = ndimage.binary_erosion(blood, structure=ndimage.generate_binary_structure(3, 1))
+    cleared = late_img < 0.5 * peak
     spacing = np.asarray(spacing_mm, float)
-    region = _aorta(blood, spacing)
+
+    def blood(fraction: float) -> np.ndarray:
+        return ndimage.binary_erosion((peak > fraction * top) & cleared,
+                                      structure=ndimage.generate_binary_structure(3, 1))
+
     kind = "aorta"
+    for fraction in PEAK_FRACTIONS:
+        region = _aorta(blood(fraction), spacing)
+        if region is not None:
+            break
     if region is None:
-        region, kind = _largest_compact_blob(blood), "left ventricle"
+        region, kind = _largest_compact_blob(blood(PEAK_FRACTIONS[0])), "left ventricle"
     if region is None or not region.any():
         raise InputError("no blood pool (aorta or left-ventricle cavity) detected in the early frames; "
                          "give the input function as --input-function CSV or --idif-mask",

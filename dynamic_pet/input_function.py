@@ -1,36 +1,63 @@
 """Plasma input function on the study's frames: representation, CSV exchange, image-derived extraction.
 
-Representation: the frame-averaged plasma activity on each frame. Between frame boundaries Cp is taken as
-piecewise constant at its frame mean, which conserves the area under the curve frame by frame; so the
-running integral at every frame end is exact for frame-averaged data, however sharp the early peak is
-between samples. Time before the first frame (a scan started after injection) is assumed to hold no
-activity; that is only true when the scan starts at injection, as Patlak studies do.
+Representation: the frame-averaged plasma activity on each frame. Within a frame Cp is taken as constant at
+its frame mean, which conserves the area under the curve frame by frame; so the running integral at every
+frame end is exact for frame-averaged data, however sharp the early peak is between samples.
+
+Time no frame covers also holds plasma activity, and Patlak's integral needs it. A curve sampled in time (a
+blood-sample CSV) gives that area exactly. Frame means alone (an image-derived curve) give it by linear
+interpolation: between two frames, the trapezoid of their means; before the first frame, a ramp from zero at
+the injection to the first frame's mean. The ramp is only good for a short lead-in: when Cp is first measured
+more than ``MAX_LEAD_IN_MIN`` after the injection the bolus peak is missed, and the study is refused unless a
+sampled curve covers it.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import InputError
 
 CSV_COLUMNS = ("frame_start_s", "frame_end_s", "cp_bq_per_ml")
+MAX_LEAD_IN_MIN = 3.0  # an FDG bolus peaks in the first 1-2 min; the peak check below uses 3 min too
+FLAG_UNCOVERED_MIN = 0.5  # a lead-in or gap longer than this is reported when it had to be interpolated
 
 
 @dataclass
 class InputFunction:
-    """Frame-averaged plasma activity (Bq/mL, decay-corrected to injection) on contiguous frames."""
+    """Frame-averaged plasma activity (Bq/mL, decay-corrected to injection) on the study's frames.
+
+    ``uncovered_area`` (Bq/mL x min) is int Cp over the time before each frame that no frame covers: from the
+    injection to the first frame, from the end of frame f - 1 to the start of frame f. None: interpolated from
+    the frame means (module docstring), and ``uncovered_interpolated`` says so.
+    """
 
     frame_start_min: np.ndarray
     frame_end_min: np.ndarray
     cp_frame_mean: np.ndarray
+    uncovered_area: np.ndarray | None = None
+    uncovered_interpolated: bool = field(init=False)
+
+    def __post_init__(self):
+        self.uncovered_interpolated = self.uncovered_area is None
+        if self.uncovered_area is None:
+            gap = self.uncovered_min()
+            previous = np.concatenate([[0.0], self.cp_frame_mean[:-1]])  # Cp = 0 at the injection
+            self.uncovered_area = 0.5 * gap * (previous + self.cp_frame_mean)
+
+    def uncovered_min(self) -> np.ndarray:
+        """Length of the time no frame covers before each frame (0 where frames touch or overlap)."""
+        previous_end = np.concatenate([[0.0], self.frame_end_min[:-1]])
+        return np.maximum(self.frame_start_min - previous_end, 0.0)
 
     def cumulative_at_end(self) -> np.ndarray:
-        """int_0^{t_end,f} Cp dt for every frame f, in Bq/mL x min (gaps between frames count as Cp = 0)."""
-        return np.cumsum(self.cp_frame_mean * (self.frame_end_min - self.frame_start_min))
+        """int_0^{t_end,f} Cp dt for every frame f, in Bq/mL x min."""
+        return np.cumsum(self.uncovered_area + self.cp_frame_mean * (self.frame_end_min - self.frame_start_min))
 
     def integral_frame_mean(self) -> np.ndarray:
         """Frame mean of the running integral int_0^t Cp, for the frame-averaged Patlak regressor."""
@@ -50,13 +77,25 @@ class InputFunction:
                 out.writerow([f"{s:.3f}", f"{e:.3f}", f"{c:.6g}"])
 
 
+def require_early_measurement(first_min: float, what: str, path: str | Path | None = None) -> None:
+    """Refuse a plasma curve first measured more than ``MAX_LEAD_IN_MIN`` after the injection."""
+    if first_min > MAX_LEAD_IN_MIN:
+        raise InputError(
+            f"{what} starts {first_min:.1f} min after the injection: Patlak needs the plasma integral from the "
+            f"injection, and a ramp from zero cannot stand in for a bolus peak missed by more than "
+            f"{MAX_LEAD_IN_MIN:g} min; give --input-function with blood samples from the injection (or check "
+            "the injection time)", path=path, tag="(0018,1078) RadiopharmaceuticalStartDateTime")
+
+
 def read_input_function_csv(path: str | Path, frame_start_min: np.ndarray,
                             frame_end_min: np.ndarray) -> InputFunction:
     """Read a CSV input function and put it on the study's frames.
 
     The CSV has columns ``frame_start_s, frame_end_s, cp_bq_per_ml`` (seconds from injection, Bq/mL
     decay-corrected to injection), as this product writes it, or ``time_s, cp_bq_per_ml`` samples (e.g. an
-    arterial blood curve), which are interpolated linearly and averaged over each frame.
+    arterial blood curve), joined linearly. Frames other than the study's, and samples, are integrated over
+    the study's frames and over the time they leave uncovered (:func:`on_frames`). Refused when the curve
+    starts more than ``MAX_LEAD_IN_MIN`` after the injection or ends before the study's last frame.
     """
     path = Path(path)
     try:
@@ -71,38 +110,75 @@ def read_input_function_csv(path: str | Path, frame_start_min: np.ndarray,
         if {"frame_start_s", "frame_end_s", "cp_bq_per_ml"} <= cols:
             start = np.array([float(r["frame_start_s"]) for r in rows]) / 60
             end = np.array([float(r["frame_end_s"]) for r in rows]) / 60
-            value = np.array([float(r["cp_bq_per_ml"]) for r in rows])
-            if start.size == frame_start_min.size and np.allclose(start, frame_start_min, atol=1 / 60) \
-                    and np.allclose(end, frame_end_min, atol=1 / 60):
-                return InputFunction(frame_start_min, frame_end_min, value)
-            t, c = 0.5 * (start + end), value
+            c = np.array([float(r["cp_bq_per_ml"]) for r in rows])
+            t, last = start, end[-1]
+            valid = np.all(end > start)
         elif {"time_s", "cp_bq_per_ml"} <= cols:
             t = np.array([float(r["time_s"]) for r in rows]) / 60
             c = np.array([float(r["cp_bq_per_ml"]) for r in rows])
+            start, last, valid = None, t[-1], True
         else:
             raise InputError(f"the input-function CSV needs columns {', '.join(CSV_COLUMNS)} or "
                              f"time_s, cp_bq_per_ml; found {', '.join(sorted(cols))}", path=path)
-    except InputError:
-        raise
     except ValueError as exc:
         raise InputError(f"non-numeric value in the input-function CSV: {exc}", path=path) from exc
-    if not np.all(np.isfinite(c)) or np.any(np.diff(t) <= 0):
-        raise InputError("the input-function CSV needs finite values at strictly increasing times", path=path)
-    if t[-1] < frame_end_min[-1] - 0.5 * (frame_end_min[-1] - frame_start_min[-1]):
-        raise InputError(f"the input-function CSV ends at {t[-1]:.1f} min, before the study's last frame",
+    if not (valid and np.all(np.isfinite(c)) and np.all(np.isfinite(t))) or np.any(np.diff(t) <= 0):
+        raise InputError("the input-function CSV needs finite values at strictly increasing times (and frames "
+                         "that end after they start)", path=path)
+    if last < frame_end_min[-1] - 0.5 * (frame_end_min[-1] - frame_start_min[-1]):
+        raise InputError(f"the input-function CSV ends at {last:.1f} min, before the study's last frame",
                          path=path)
-    return InputFunction(frame_start_min, frame_end_min, frame_average_of_samples(t, c, frame_start_min,
-                                                                                  frame_end_min))
+    require_early_measurement(max(float(t[0]), 0.0), "the input-function CSV", path)
+    if start is None:
+        return on_frames(sampled_integral(t, c), frame_start_min, frame_end_min)
+    if start.size == frame_start_min.size and np.allclose(start, frame_start_min, atol=1 / 60) \
+            and np.allclose(end, frame_end_min, atol=1 / 60):
+        return InputFunction(frame_start_min, frame_end_min, c)
+    return on_frames(frames_integral(InputFunction(start, end, c)), frame_start_min, frame_end_min)
 
 
-def frame_average_of_samples(t_min: np.ndarray, c: np.ndarray, frame_start_min: np.ndarray,
-                             frame_end_min: np.ndarray, points_per_frame: int = 64) -> np.ndarray:
-    """Average of a sampled curve (linear interpolation, zero before the first sample) over each frame."""
-    t_full = np.concatenate([[0.0], t_min]) if t_min[0] > 0 else t_min
-    c_full = np.concatenate([[0.0], c]) if t_min[0] > 0 else c
-    frac = (np.arange(points_per_frame) + 0.5) / points_per_frame
-    grid = frame_start_min[:, None] + frac[None, :] * (frame_end_min - frame_start_min)[:, None]
-    return np.interp(grid, t_full, c_full).mean(axis=1)
+def on_frames(integral: Callable[[np.ndarray], np.ndarray], frame_start_min: np.ndarray,
+              frame_end_min: np.ndarray) -> InputFunction:
+    """A curve given by its running integral, put on the study's frames: frame means and uncovered areas."""
+    at_start, at_end = integral(frame_start_min), integral(frame_end_min)
+    previous_end = np.concatenate([[0.0], frame_end_min[:-1]])
+    uncovered = np.maximum(at_start - integral(np.minimum(previous_end, frame_start_min)), 0.0)
+    return InputFunction(frame_start_min, frame_end_min, (at_end - at_start) / (frame_end_min - frame_start_min),
+                         uncovered_area=uncovered)
+
+
+def frames_integral(inp: InputFunction) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> int_0^x Cp of a frame-averaged curve: exact within its frames (Cp constant), linear across the time
+    they do not cover (whose areas ``inp`` holds), the last frame's mean after it."""
+    at_end = inp.cumulative_at_end()
+    at_start = at_end - inp.cp_frame_mean * (inp.frame_end_min - inp.frame_start_min)
+    knots = np.maximum.accumulate(np.column_stack([inp.frame_start_min, inp.frame_end_min]).ravel())
+    values = np.column_stack([at_start, at_end]).ravel()
+    knots, values = np.concatenate([[min(knots[0], 0.0)], knots]), np.concatenate([[0.0], values])
+
+    def integral(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        after = values[-1] + inp.cp_frame_mean[-1] * (x - knots[-1])
+        return np.where(x > knots[-1], after, np.interp(x, knots, values, left=0.0))
+
+    return integral
+
+
+def sampled_integral(t_min: np.ndarray, c: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> int_0^x of the samples joined linearly: zero before the first sample (a ramp from zero at time 0
+    when that sample is later), the last value after the last sample. Exact: quadratic between samples."""
+    if t_min[0] > 0:
+        t_min, c = np.concatenate([[0.0], t_min]), np.concatenate([[0.0], c])
+    slope = np.concatenate([np.diff(c) / np.diff(t_min), [0.0]])  # held after the last sample
+    at_knots = np.concatenate([[0.0], np.cumsum(0.5 * (c[1:] + c[:-1]) * np.diff(t_min))])
+
+    def integral(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        i = np.clip(np.searchsorted(t_min, x, side="right") - 1, 0, t_min.size - 1)
+        dx = np.maximum(x - t_min[i], 0.0)
+        return np.where(x < t_min[0], 0.0, at_knots[i] + c[i] * dx + 0.5 * slope[i] * dx * dx)
+
+    return integral
 
 
 def image_derived_input_function(activity: np.ndarray, region: np.ndarray, frame_start_min: np.ndarray,
@@ -151,6 +227,15 @@ def quality_flags(inp: InputFunction, source: str, volume_ml: float) -> list[str
         flags.append("left-ventricle cavity used (no aorta found): myocardial spill-in may raise the tail")
     if source in ("aorta", "left ventricle", "mask") and volume_ml < 1.0:
         flags.append(f"blood-pool region of {volume_ml:.2f} mL: noisy input function")
+    if inp.uncovered_interpolated:
+        uncovered = inp.uncovered_min()
+        if uncovered[0] > FLAG_UNCOVERED_MIN:
+            flags.append(f"the first frame starts {uncovered[0]:.1f} min after the injection: Cp before it is a "
+                         "ramp from zero, which misses the area of a bolus peak that came earlier (Ki high)")
+        gaps = uncovered[1:]
+        if np.any(gaps > FLAG_UNCOVERED_MIN):
+            flags.append(f"{int(np.sum(gaps > FLAG_UNCOVERED_MIN))} gap(s) between frames (longest "
+                         f"{gaps.max():.1f} min): Cp interpolated linearly across them")
     return flags
 
 
@@ -162,6 +247,8 @@ def input_function_for_study(study, csv_path: str | Path | None = None,
     if csv_path:
         inp = read_input_function_csv(csv_path, start, end)
         return InputFunctionResult(inp, "csv", None, 0.0, quality_flags(inp, "csv", 0.0))
+    require_early_measurement(float(start[0]), "the first frame",
+                              getattr(study.slice_datasets[0], "filename", None))
     voxel_ml = float(np.prod(study.spacing_mm)) / 1000.0
     if mask_path:
         mask = read_mask(mask_path, study)

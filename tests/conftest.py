@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # ======== BEGIN dynamic PET DICOM fixtures (owner: DICOM writer/loader worker) ========
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,3 +249,20 @@ def native_enhanced(classic_folder: Path, out_folder: Path, transformation_gain:
         rescale.RescaleSlope = pydicom.valuerep.format_number_as_ds(gained)
     ds.save_as(path)
     return path
+
+
+# ---------------------------------------------------------------- shared: other frame schedules
+def drop_frames(study: PhantomDicom, frames: Iterable[int]) -> None:
+    """Delete the instances of the given time frames from ``study``'s folder and renumber the rest (ImageIndex,
+    NumberOfTimeSlices) as a scanner that never acquired those frames would have written them."""
+    gone = set(frames)
+    kept = [f for f in range(study.n_frames) if f not in gone]
+    for (frame, z), name in study.files.items():
+        path = study.folder / name
+        if frame in gone:
+            path.unlink()
+            continue
+        ds = pydicom.dcmread(path)
+        ds.NumberOfTimeSlices = len(kept)
+        ds.ImageIndex = kept.index(frame) * study.n_slices + z + 1
+        ds.save_as(path)

@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import RADIOPHARMACEUTICAL_KEYWORDS, set_header_value
+from conftest import RADIOPHARMACEUTICAL_KEYWORDS, drop_frames, set_header_value
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
@@ -175,6 +175,12 @@ def case_no_blood_pool(study, tmp):
     return study.folder, [], ["no blood pool", "--input-function", "PixelData"]
 
 
+def case_scan_started_after_the_bolus(study, tmp):
+    drop_frames(study, range(14))  # the first 8 min
+    return study.folder, [], ["starts 8.0 min after the injection", "--input-function",
+                              "RadiopharmaceuticalStartDateTime", str(study.folder)]
+
+
 def case_nan_pixels(study, tmp):
     [path] = edit(study, nan_pixels, lambda f, z: (f, z) == (24, 15))
     return study.folder, [], ["not finite", "PixelData", str(path)]
@@ -198,10 +204,13 @@ CASES = {
     "no frame after t*": case_no_frame_after_t_star,
     "two frames after t*": case_two_frames_after_t_star,
     "no blood pool": case_no_blood_pool,
+    "scan started after the bolus": case_scan_started_after_the_bolus,
     "NaN pixels": case_nan_pixels,
     "CSV missing": _csv_case(None, "cannot read the input-function CSV"),
     "CSV wrong columns": _csv_case("t,activity\n0,1\n60,2\n", "needs columns"),
     "CSV not numeric": _csv_case("time_s,cp_bq_per_ml\n0,0\n30,high\n3600,5\n", "non-numeric"),
+    "CSV starting late": _csv_case("time_s,cp_bq_per_ml\n600,5000\n3600,2000\n",
+                                   "CSV starts 10.0 min after the injection"),
 }
 
 

@@ -4,7 +4,7 @@ Options come from the command line, else from environment variables, else defaul
   --method patlak|reddiff|hqs   PATLAK_METHOD        estimation method (default hqs: see README)
   --t-star MIN                  PATLAK_T_STAR        start of the Patlak fit (default: first frame >= 20 min)
   --input-function CSV          PATLAK_INPUT_FUNCTION  plasma curve instead of the image-derived one
-  --idif-mask NIFTI             PATLAK_IDIF_MASK     blood-pool mask instead of automatic detection
+  --idif-mask FILE              PATLAK_IDIF_MASK     blood-pool mask (NIfTI or DICOM SEG) instead of automatic detection
   --device auto|cpu|cuda        PATLAK_DEVICE        where the diffusion prior runs (default auto)
   --samples N                   PATLAK_SAMPLES       stochastic estimates; N > 1 adds a Ki SD map
   --seed N                      PATLAK_SEED          sampler seed (default 0)

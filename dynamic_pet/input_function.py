@@ -241,8 +241,9 @@ def quality_flags(inp: InputFunction, source: str, volume_ml: float) -> list[str
 
 def input_function_for_study(study, csv_path: str | Path | None = None,
                              mask_path: str | Path | None = None) -> InputFunctionResult:
-    """The study's input function: from a CSV, from a user mask (NIfTI), or detected automatically."""
+    """The study's input function: from a CSV, from a user mask (NIfTI or DICOM SEG), or detected automatically."""
     from .blood_pool import detect_blood_pool
+    from .blood_pool_mask import read_mask
     start, end = study.frame_start_min, study.frame_end_min
     if csv_path:
         inp = read_input_function_csv(csv_path, start, end)
@@ -259,19 +260,3 @@ def input_function_for_study(study, csv_path: str | Path | None = None,
     inp = image_derived_input_function(study.activity, mask, start, end)
     volume = float(mask.sum()) * voxel_ml
     return InputFunctionResult(inp, source, mask, volume, quality_flags(inp, source, volume))
-
-
-def read_mask(path: str | Path, study) -> np.ndarray:
-    """A blood-pool mask (NIfTI, non-zero = inside) that must lie on the study's voxel grid."""
-    from .parametric_dicom import read_nifti
-    try:
-        values, affine = read_nifti(Path(path))
-    except Exception as exc:  # SimpleITK raises RuntimeError for anything it cannot read
-        raise InputError(f"cannot read the blood-pool mask as NIfTI: {exc}", path=path) from exc
-    if values.shape != study.activity.shape[1:] or not np.allclose(affine, study.affine, atol=1e-2):
-        raise InputError(f"the blood-pool mask's grid {values.shape} does not match the study's "
-                         f"{study.activity.shape[1:]} (shape and affine must agree)", path=path)
-    mask = values > 0
-    if not mask.any():
-        raise InputError("the blood-pool mask is empty", path=path)
-    return mask

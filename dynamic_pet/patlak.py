@@ -71,8 +71,15 @@ def select_frames(inp: InputFunction, t_star_min: float | None = None) -> tuple[
     if frames.size < MIN_FRAMES_AFTER_T_STAR:
         raise InputError(
             f"only {frames.size} frame(s) start at or after t* = {t_star_min:g} min; Patlak needs at least "
-            f"{MIN_FRAMES_AFTER_T_STAR}", tag="(0054,1300) FrameReferenceTime")
+            f"{MIN_FRAMES_AFTER_T_STAR} (frames start at {_minutes(starts)} min: an earlier --t-star where the "
+            "tracer's linear phase allows)", tag="(0054,1300) FrameReferenceTime")
     return float(t_star_min), frames
+
+
+def _minutes(starts: np.ndarray, last: int = 6) -> str:
+    """The last few frame starts, for a message."""
+    shown = ", ".join(f"{t:.1f}" for t in starts[-last:])
+    return shown if starts.size <= last else "..., " + shown
 
 
 def design_matrix(inp: InputFunction, frames: np.ndarray) -> np.ndarray:

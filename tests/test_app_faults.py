@@ -160,7 +160,8 @@ def case_no_frame_after_t_star(study, tmp):
 
 
 def case_two_frames_after_t_star(study, tmp):
-    return study.folder, ["--t-star", "50"], ["only 2 frame(s)", "at least 3", "FrameReferenceTime"]
+    return study.folder, ["--t-star", "50"], ["only 2 frame(s)", "at least 3", "50.0, 55.0 min",
+                                              "earlier --t-star", "FrameReferenceTime"]
 
 
 def case_no_blood_pool(study, tmp):
@@ -179,6 +180,11 @@ def case_scan_started_after_the_bolus(study, tmp):
     drop_frames(study, range(14))  # the first 8 min
     return study.folder, [], ["starts 8.0 min after the injection", "--input-function",
                               "RadiopharmaceuticalStartDateTime", str(study.folder)]
+
+
+def case_mask_not_a_segmentation(study, tmp):
+    path = study.folder / study.files[(20, 10)]
+    return study.folder, ["--idif-mask", str(path)], ["must be a Segmentation", "SOPClassUID", str(path)]
 
 
 def case_nan_pixels(study, tmp):
@@ -206,6 +212,7 @@ CASES = {
     "no blood pool": case_no_blood_pool,
     "scan started after the bolus": case_scan_started_after_the_bolus,
     "NaN pixels": case_nan_pixels,
+    "mask not a Segmentation": case_mask_not_a_segmentation,
     "CSV missing": _csv_case(None, "cannot read the input-function CSV"),
     "CSV wrong columns": _csv_case("t,activity\n0,1\n60,2\n", "needs columns"),
     "CSV not numeric": _csv_case("time_s,cp_bq_per_ml\n0,0\n30,high\n3600,5\n", "non-numeric"),

@@ -114,3 +114,85 @@ def test_blood_samples_give_the_patlak_integral(plasma):
     assert from_frames.uncovered_interpolated and not sampled.uncovered_interpolated
     worst = np.max(np.abs(from_frames.integral_frame_mean()[late] / exact.integral_mean[late] - 1))
     assert 0.005 < worst < 0.1, worst
+
+
+# ------------------------------------------------------------------ a blood-pool region given by the user
+
+def segmentation(study_folder, frame: int, mask: np.ndarray, out, *, labels=("Descending aorta",),
+                 upsample: int = 1, frame_of_reference: str | None = None):
+    """A DICOM Segmentation made with highdicom on one time frame's instances of the phantom series (as a viewer
+    would when a region is drawn on that frame): ``mask`` (Z, Y, X on the study's grid) as every segment,
+    optionally on a grid ``upsample`` times finer in-plane (same frame of reference)."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from conftest import frame_and_slice
+
+    sources = sorted((ds for ds in (pydicom.dcmread(p) for p in study_folder.glob("*.dcm"))
+                      if frame_and_slice(ds)[0] == frame), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    pixels = mask.astype(np.uint8)
+    if upsample > 1:
+        first = sources[0]
+        row, col = (np.array(v, float) for v in (first.ImageOrientationPatient[:3], first.ImageOrientationPatient[3:]))
+        dy, dx = (float(v) for v in first.PixelSpacing)
+        dz = float(sources[1].ImagePositionPatient[2]) - float(first.ImagePositionPatient[2])
+        affine = np.eye(4)  # (slice, row, column) -> LPS, highdicom's convention
+        affine[:3, 0] = np.cross(row, col) * dz
+        affine[:3, 1], affine[:3, 2] = col * dy / upsample, row * dx / upsample
+        affine[:3, 3] = np.array(first.ImagePositionPatient, float) - (upsample - 1) / (2 * upsample) * (
+            col * dy + row * dx)
+        fine = pixels.repeat(upsample, axis=1).repeat(upsample, axis=2)
+        pixels = hd.Volume(fine, affine, "PATIENT", frame_of_reference_uid=first.FrameOfReferenceUID)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=k, segment_label=label, segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=codes.SCT.Organ, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        for k, label in enumerate(labels, start=1)]
+    if len(labels) > 1 and not isinstance(pixels, hd.Volume):
+        pixels = np.stack([pixels] * len(labels), axis=-1)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=50,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test", manufacturer_model_name="viewer",
+        software_versions="1", device_serial_number="1")
+    if frame_of_reference:
+        seg.FrameOfReferenceUID = frame_of_reference
+    seg.save_as(out)
+    return out
+
+
+def test_nifti_and_segmentation_masks_give_the_same_input_function(app_small_phantom, complete, tmp_path):
+    from dynamic_pet.parametric_dicom import write_nifti
+
+    study, _, _ = complete
+    auto = input_function_for_study(study)
+    nifti = write_nifti(auto.mask.astype(np.uint8), study.affine, tmp_path / "aorta.nii.gz")
+    seg = segmentation(app_small_phantom.folder, 25, auto.mask, tmp_path / "aorta_seg.dcm")
+    for path in (nifti, seg):
+        given = input_function_for_study(study, mask_path=path)
+        assert given.source == "mask" and np.array_equal(given.mask, auto.mask), path
+        assert np.array_equal(given.input_function.cp_frame_mean, auto.input_function.cp_frame_mean)
+
+
+def test_segmentation_on_a_finer_grid_is_resampled(app_small_phantom, complete, tmp_path):
+    study, _, _ = complete
+    auto = input_function_for_study(study)
+    seg = segmentation(app_small_phantom.folder, 0, auto.mask, tmp_path / "fine.dcm", upsample=2)
+    given = input_function_for_study(study, mask_path=seg)
+    dice = 2 * (given.mask & auto.mask).sum() / (given.mask.sum() + auto.mask.sum())
+    assert dice > 0.95, dice
+    assert np.allclose(given.input_function.cp_frame_mean, auto.input_function.cp_frame_mean, rtol=0.02)
+
+
+def test_segmentation_refusals(app_small_phantom, complete, tmp_path):
+    study, _, _ = complete
+    mask = input_function_for_study(study).mask
+    other = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "other.dcm", frame_of_reference="1.2.3.4")
+    with pytest.raises(InputError, match="frame of reference is not the study's") as refused:
+        input_function_for_study(study, mask_path=other)
+    assert refused.value.tag == "(0020,0052) FrameOfReferenceUID" and refused.value.path == str(other)
+    two = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "two.dcm", labels=("Liver", "Spleen"))
+    with pytest.raises(InputError, match="2 segments .*'Liver'.* and 0 of them name blood"):
+        input_function_for_study(study, mask_path=two)
+    blood = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "blood.dcm", labels=("Liver", "Aorta"))
+    assert np.array_equal(input_function_for_study(study, mask_path=blood).mask, mask)

@@ -1,0 +1,104 @@
+"""A user's blood-pool region for the image-derived input function: NIfTI, or DICOM Segmentation from PACS.
+
+NIfTI must lie on the study's voxel grid (shape and affine). A DICOM Segmentation (binary or fractional) is
+placed by its geometry, not by the images it references: it may have been drawn on any time frame of the
+dynamic series, on a subset of slices, or on another grid of the same frame of reference (a CT of the same
+PET/CT), and highdicom assembles its frames into a volume that SimpleITK resamples onto the study's grid
+(linear, then >= 0.5: a voxel counts when at least half of it is inside). Which segment: the only one, else
+the one whose label or property names blood (aorta, blood pool, ventricle, artery).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+BLOOD_WORDS = ("aort", "blood", "ventric", "arter")
+
+
+def read_mask(path: str | Path, study) -> np.ndarray:
+    """The blood-pool mask (bool, Z, Y, X on the study's grid) from a NIfTI file or a DICOM Segmentation."""
+    path = Path(path)
+    mask = _segmentation_mask(path, study) if _is_dicom(path) else _nifti_mask(path, study)
+    if not mask.any():
+        raise InputError("the blood-pool mask is empty on the study's grid", path=path)
+    return mask
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError as exc:
+        raise InputError(f"cannot read the blood-pool mask: {exc}", path=path) from exc
+
+
+def _nifti_mask(path: Path, study) -> np.ndarray:
+    from .parametric_dicom import read_nifti
+    try:
+        values, affine = read_nifti(path)
+    except Exception as exc:  # SimpleITK raises RuntimeError for anything it cannot read
+        raise InputError(f"cannot read the blood-pool mask as NIfTI: {exc}", path=path) from exc
+    if values.shape != study.activity.shape[1:] or not np.allclose(affine, study.affine, atol=1e-2):
+        raise InputError(f"the blood-pool mask's grid {values.shape} does not match the study's "
+                         f"{study.activity.shape[1:]} (shape and affine must agree)", path=path)
+    return values > 0
+
+
+def _segmentation_mask(path: Path, study) -> np.ndarray:
+    import highdicom as hd
+    import pydicom
+
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    if header.get("SOPClassUID") != SEGMENTATION_STORAGE:
+        raise InputError(f"a DICOM blood-pool mask must be a Segmentation (SOP class {SEGMENTATION_STORAGE}), "
+                         f"not {header.get('SOPClassUID')}", path=path, tag="(0008,0016) SOPClassUID")
+    study_for = study.slice_datasets[0].get("FrameOfReferenceUID")
+    if header.get("FrameOfReferenceUID") != study_for:
+        raise InputError("the Segmentation's frame of reference is not the study's: it was drawn on other "
+                         "images", path=path, tag="(0020,0052) FrameOfReferenceUID")
+    number = _blood_segment(header, path)
+    try:
+        volume = hd.seg.segread(path).get_volume(segment_numbers=[number], combine_segments=True, dtype=np.float32)
+    except Exception as exc:  # highdicom raises ValueError/RuntimeError for frames that form no volume
+        raise InputError(f"the Segmentation's frames do not form a volume: {exc}", path=path,
+                         tag="(5200,9230) PerFrameFunctionalGroupsSequence") from exc
+    resampled = sitk.Resample(volume.to_simpleitk(), _study_grid(study), sitk.Transform(), sitk.sitkLinear, 0.0,
+                              sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampled) >= 0.5
+
+
+def _blood_segment(header, path: Path) -> int:
+    segments = list(header.get("SegmentSequence", []))
+    if not segments:
+        raise InputError("the Segmentation has no segments", path=path, tag="(0062,0002) SegmentSequence")
+    if len(segments) == 1:
+        return int(segments[0].SegmentNumber)
+
+    def names(item) -> str:
+        codes = item.get("SegmentedPropertyTypeCodeSequence", [])
+        return " ".join([str(item.get("SegmentLabel", ""))] + [str(c.get("CodeMeaning", "")) for c in codes]).lower()
+
+    blood = [item for item in segments if any(word in names(item) for word in BLOOD_WORDS)]
+    if len(blood) != 1:
+        labels = ", ".join(f"{int(s.SegmentNumber)} {s.get('SegmentLabel', '')!r}" for s in segments)
+        raise InputError(f"the Segmentation has {len(segments)} segments ({labels}) and {len(blood)} of them name "
+                         "blood (aorta, blood pool, ventricle, artery): keep the blood-pool one only", path=path,
+                         tag="(0062,0002) SegmentSequence")
+    return int(blood[0].SegmentNumber)
+
+
+def _study_grid(study) -> sitk.Image:
+    """An empty image on the study's voxel grid (SimpleITK works in LPS, like the study's affine)."""
+    affine = study.affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    grid = sitk.Image([int(n) for n in study.activity.shape[:0:-1]], sitk.sitkUInt8)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
+    grid.SetOrigin(affine[:3, 3].tolist())
+    return grid

@@ -76,6 +76,15 @@ _DROP_FROM_PET = (
     # a native Enhanced PET source's frame: its mapping describes the source's values, not the map's
     "RealWorldValueMappingSequence", "DecayCorrected", "DecayCorrectionDateTime",
 )
+# A native Enhanced PET source's Enhanced PET Corrections flags -> the defined terms of the classic PET Series'
+# CorrectedImage (0028,0051), where a derived classic PET image records them; the flags (and the details of
+# attenuation correction that go with them) belong to no classic PET module
+_CORRECTION_TERMS = {"AttenuationCorrected": "ATTN", "ScatterCorrected": "SCAT", "DeadTimeCorrected": "DTIM",
+                     "GantryMotionCorrected": "MOTN", "PatientMotionCorrected": "PMOT",
+                     "CountLossNormalizationCorrected": "CLN", "RandomsCorrected": "RAN",
+                     "NonUniformRadialSamplingCorrected": "RADL", "SensitivityCalibrated": "DCAL",
+                     "DetectorNormalizationCorrection": "NORM"}
+_ENHANCED_CORRECTION_DETAILS = ("AttenuationCorrectionSource", "AttenuationCorrectionTemporalRelationship")
 # PET Series / NM-PET Patient Orientation type 2 attributes a native Enhanced PET source lacks: empty if absent
 _PET_TYPE2 = {"CollimatorType": "", "PatientOrientationCodeSequence": [],
               "PatientGantryRelationshipCodeSequence": []}
@@ -258,7 +267,13 @@ def _derived_pet_slice(source: pydicom.Dataset, values: np.ndarray, z: int, seri
     ds.InstanceNumber = ds.ImageIndex = z + 1
     ds.SourceImageSequence = [_source_reference(source, source_frame)]
     ds.ContributingEquipmentSequence = [hd.ContributingEquipment.for_image_acquisition(source)]
-    ds.CorrectedImage = [v for v in ds.get("CorrectedImage", []) if v != "DECY"]  # DECY needs DecayFactor
+    corrected = [v for v in ds.get("CorrectedImage", []) if v != "DECY"]  # DECY needs DecayFactor
+    for keyword, term in _CORRECTION_TERMS.items():
+        if ds.pop(keyword, None) is not None and source.get(keyword) == "YES" and term not in corrected:
+            corrected.append(term)
+    for keyword in _ENHANCED_CORRECTION_DETAILS:
+        ds.pop(keyword, None)
+    ds.CorrectedImage = corrected
     stored, ds.RescaleSlope = _int16_slice(values)
     ds.Rows, ds.Columns = stored.shape
     ds.PixelData = stored.tobytes()

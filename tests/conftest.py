@@ -215,11 +215,21 @@ def legacy_converted(classic_folder: Path, out_folder: Path) -> Path:
     return path
 
 
+# The Enhanced PET Corrections flags (and attenuation details) of ``native_enhanced``'s instance
+NATIVE_CORRECTIONS = {"AttenuationCorrected": "YES", "ScatterCorrected": "YES", "DeadTimeCorrected": "YES",
+                      "GantryMotionCorrected": "NO", "PatientMotionCorrected": "NO",
+                      "CountLossNormalizationCorrected": "NO", "RandomsCorrected": "YES",
+                      "NonUniformRadialSamplingCorrected": "NO", "SensitivityCalibrated": "YES",
+                      "DetectorNormalizationCorrection": "YES", "AttenuationCorrectionSource": "CT",
+                      "AttenuationCorrectionTemporalRelationship": "CONCURRENT"}
+
+
 def native_enhanced(classic_folder: Path, out_folder: Path, transformation_gain: float = 1.0) -> Path:
     """A native Enhanced PET instance made from a classic series: highdicom's legacy conversion with the
     classic PET attributes taken out (no Units, DecayCorrection, FrameReferenceTime, ImageIndex): units and
-    rescale in a per-frame Real World Value Mapping (CID 84 ``Bq/ml``), decay correction in the Enhanced PET
-    Corrections module (DecayCorrected YES to the classic series' START time), the dose in MBq (Enhanced PET
+    rescale in a per-frame Real World Value Mapping (CID 84 ``Bq/ml``), decay correction and the other
+    correction flags in the Enhanced PET Corrections module (DecayCorrected YES to the classic series' START
+    time; ``NATIVE_CORRECTIONS``), the dose in MBq (Enhanced PET
     Isotope module). ``transformation_gain`` scales the Pixel Value Transformation's slope away from the
     mapping's."""
     path = legacy_converted(classic_folder, out_folder)
@@ -231,8 +241,10 @@ def native_enhanced(classic_folder: Path, out_folder: Path, transformation_gain:
     assert converted.DecayCorrection == "START"
     ds.RadiopharmaceuticalInformationSequence = converted.RadiopharmaceuticalInformationSequence
     item = ds.RadiopharmaceuticalInformationSequence[0]
-    item.RadionuclideTotalDose = float(item.RadionuclideTotalDose) / 1e6  # MBq
+    item.RadionuclideTotalDose = pydicom.valuerep.format_number_as_ds(float(item.RadionuclideTotalDose) / 1e6)  # MBq
     ds.CountsSource, ds.DecayCorrected = "EMISSION", "YES"
+    for keyword, value in NATIVE_CORRECTIONS.items():
+        setattr(ds, keyword, value)
     ds.DecayCorrectionDateTime = f"{ds.SeriesDate}{ds.SeriesTime}"
     for groups in ds.PerFrameFunctionalGroupsSequence:
         del groups.UnassignedPerFrameConvertedAttributesSequence

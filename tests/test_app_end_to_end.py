@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from app.__main__ import main
-from conftest import legacy_converted, native_enhanced
+from conftest import NATIVE_CORRECTIONS, legacy_converted, native_enhanced
 from dynamic_pet.parametric_dicom import read_nifti
 from demo import ki_error_report
 
@@ -119,6 +119,9 @@ def test_enhanced_pet_gives_the_same_maps_and_valid_references(noiseless_study, 
     assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in pet} == {uid}
     assert len({int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in pet}) == len(pet)
     assert not any("RealWorldValueMappingSequence" in ds for ds in pet)  # the source's mapping is not the map's
+    if convert is native_enhanced:  # the correction flags become the classic CorrectedImage terms
+        assert all(set(ds.CorrectedImage) == {"ATTN", "SCAT", "DTIM", "RAN", "DCAL", "NORM"} for ds in pet)
+        assert not any(keyword in ds for ds in pet for keyword in NATIVE_CORRECTIONS)
     for path in [*(out / "dicom" / "ki_pmap").glob("*.dcm"), *sorted((out / "dicom" / "ki_pet").glob("*.dcm"))[:2]]:
         errors = _dciodvfy_errors(path)
         assert not errors, (path, errors)

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .parametric_dicom import read_nifti, with_geometry
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 BLOOD_WORDS = ("aort", "blood", "ventric", "arter")
@@ -39,7 +40,6 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _nifti_mask(path: Path, study) -> np.ndarray:
-    from .parametric_dicom import read_nifti
     try:
         values, affine = read_nifti(path)
     except Exception as exc:  # SimpleITK raises RuntimeError for anything it cannot read
@@ -94,11 +94,5 @@ def _blood_segment(header, path: Path) -> int:
 
 
 def _study_grid(study) -> sitk.Image:
-    """An empty image on the study's voxel grid (SimpleITK works in LPS, like the study's affine)."""
-    affine = study.affine
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    grid = sitk.Image([int(n) for n in study.activity.shape[:0:-1]], sitk.sitkUInt8)
-    grid.SetSpacing(spacing.tolist())
-    grid.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
-    grid.SetOrigin(affine[:3, 3].tolist())
-    return grid
+    """An empty image on the study's voxel grid."""
+    return with_geometry(sitk.Image([int(n) for n in study.activity.shape[:0:-1]], sitk.sitkUInt8), study.affine)

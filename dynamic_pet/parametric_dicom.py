@@ -300,14 +300,19 @@ def write_nifti(image: np.ndarray, affine: np.ndarray, path: Path) -> Path:
 
     SimpleITK works in LPS and converts to the NIfTI RAS convention on writing.
     """
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    itk = sitk.GetImageFromArray(np.ascontiguousarray(image))
-    itk.SetSpacing(spacing.tolist())
-    itk.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
-    itk.SetOrigin(affine[:3, 3].tolist())
+    itk = with_geometry(sitk.GetImageFromArray(np.ascontiguousarray(image)), affine)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(itk, str(path))
     return Path(path)
+
+
+def with_geometry(itk: sitk.Image, affine: np.ndarray) -> sitk.Image:
+    """``itk`` placed by ``affine`` (voxel (x, y, z) -> LPS mm; SimpleITK works in LPS too)."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    itk.SetSpacing(spacing.tolist())
+    itk.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
+    itk.SetOrigin(affine[:3, 3].tolist())
+    return itk
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:

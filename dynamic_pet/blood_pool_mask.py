@@ -5,7 +5,8 @@ placed by its geometry, not by the images it references: it may have been drawn 
 dynamic series, on a subset of slices, or on another grid of the same frame of reference (a CT of the same
 PET/CT), and highdicom assembles its frames into a volume that SimpleITK resamples onto the study's grid
 (linear, then >= 0.5: a voxel counts when at least half of it is inside). Which segment: the only one, else
-the one whose label or property names blood (aorta, blood pool, ventricle, artery).
+the one whose label or property type names the aorta, else blood, a ventricle, an artery (the first of these
+that names exactly one segment; an organ atlas with one aorta among a hundred structures works as it is).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .errors import InputError
 from .parametric_dicom import read_nifti, with_geometry
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-BLOOD_WORDS = ("aort", "blood", "ventric", "arter")
+BLOOD_WORDS = ("aort", "blood", "ventric", "arter")  # in order of preference: the aorta is the usual IDIF region
 
 
 def read_mask(path: str | Path, study) -> np.ndarray:
@@ -74,6 +75,7 @@ def _segmentation_mask(path: Path, study) -> np.ndarray:
 
 
 def _blood_segment(header, path: Path) -> int:
+    """The only segment, else the one named after the first of ``BLOOD_WORDS`` that names exactly one."""
     segments = list(header.get("SegmentSequence", []))
     if not segments:
         raise InputError("the Segmentation has no segments", path=path, tag="(0062,0002) SegmentSequence")
@@ -84,13 +86,19 @@ def _blood_segment(header, path: Path) -> int:
         codes = item.get("SegmentedPropertyTypeCodeSequence", [])
         return " ".join([str(item.get("SegmentLabel", ""))] + [str(c.get("CodeMeaning", "")) for c in codes]).lower()
 
-    blood = [item for item in segments if any(word in names(item) for word in BLOOD_WORDS)]
-    if len(blood) != 1:
-        labels = ", ".join(f"{int(s.SegmentNumber)} {s.get('SegmentLabel', '')!r}" for s in segments)
-        raise InputError(f"the Segmentation has {len(segments)} segments ({labels}) and {len(blood)} of them name "
-                         "blood (aorta, blood pool, ventricle, artery): keep the blood-pool one only", path=path,
-                         tag="(0062,0002) SegmentSequence")
-    return int(blood[0].SegmentNumber)
+    def listed(items) -> str:
+        return ", ".join(f"{int(s.SegmentNumber)} {s.get('SegmentLabel', '')!r}" for s in items)
+
+    for word in BLOOD_WORDS:
+        named = [item for item in segments if word in names(item)]
+        if len(named) == 1:
+            return int(named[0].SegmentNumber)
+        if named:
+            raise InputError(f"{len(named)} of the Segmentation's segments name {word!r} ({listed(named)}): keep the "
+                             "blood-pool one only", path=path, tag="(0062,0002) SegmentSequence")
+    raise InputError(f"none of the Segmentation's {len(segments)} segments ({listed(segments)}) names blood "
+                     f"({', '.join(BLOOD_WORDS)}...): keep the blood-pool one only", path=path,
+                     tag="(0062,0002) SegmentSequence")
 
 
 def _study_grid(study) -> sitk.Image:

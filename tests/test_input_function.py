@@ -191,8 +191,13 @@ def test_segmentation_refusals(app_small_phantom, complete, tmp_path):
     with pytest.raises(InputError, match="frame of reference is not the study's") as refused:
         input_function_for_study(study, mask_path=other)
     assert refused.value.tag == "(0020,0052) FrameOfReferenceUID" and refused.value.path == str(other)
-    two = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "two.dcm", labels=("Liver", "Spleen"))
-    with pytest.raises(InputError, match="2 segments .*'Liver'.* and 0 of them name blood"):
-        input_function_for_study(study, mask_path=two)
-    blood = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "blood.dcm", labels=("Liver", "Aorta"))
-    assert np.array_equal(input_function_for_study(study, mask_path=blood).mask, mask)
+    organs = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "organs.dcm", labels=("Liver", "Spleen"))
+    with pytest.raises(InputError, match=r"none of the Segmentation's 2 segments \(1 'Liver', 2 'Spleen'\)"):
+        input_function_for_study(study, mask_path=organs)
+    ventricles = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "lv_rv.dcm",
+                              labels=("Left ventricle", "Right ventricle"))
+    with pytest.raises(InputError, match="2 of the Segmentation's segments name 'ventric'"):
+        input_function_for_study(study, mask_path=ventricles)
+    atlas = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "atlas.dcm",
+                         labels=("Liver", "Pulmonary artery", "Aorta", "Left ventricle"))
+    assert np.array_equal(input_function_for_study(study, mask_path=atlas).mask, mask)

@@ -4,8 +4,8 @@ Blood is where activity peaks in the first minutes after injection and has mostl
 such voxels (at the lowest of a few peak levels that gives one) the descending (or ascending) aorta is
 preferred: a vertical tube whose axial sections are round and of aortic calibre over at least 5 cm; the
 left-ventricle cavity is the fallback when no aorta is in view (it suffers more spill-in from the
-myocardium). The region is eroded and reduced to its
-hottest core, the usual defence against partial-volume loss at the vessel wall.
+myocardium). The region is eroded and reduced to its hottest core, the usual defence against partial-volume
+loss at the vessel wall.
 """
 
 from __future__ import annotations

@@ -172,6 +172,11 @@ def test_nifti_and_segmentation_masks_give_the_same_input_function(app_small_pha
         given = input_function_for_study(study, mask_path=path)
         assert given.source == "mask" and np.array_equal(given.mask, auto.mask), path
         assert np.array_equal(given.input_function.cp_frame_mean, auto.input_function.cp_frame_mean)
+    one = np.zeros_like(auto.mask)  # a region drawn on one slice only: a single-frame Segmentation
+    z = int(np.flatnonzero(auto.mask.any(axis=(1, 2)))[3])
+    one[z] = auto.mask[z]
+    single = segmentation(app_small_phantom.folder, 25, one, tmp_path / "one_slice.dcm")
+    assert np.array_equal(input_function_for_study(study, mask_path=single).mask, one)
 
 
 def test_segmentation_on_a_finer_grid_is_resampled(app_small_phantom, complete, tmp_path):

@@ -66,6 +66,13 @@ MAP_KINDS: dict[str, MapKind] = {
                      Code("PATLAK_KI_SD", CODING_SCHEME, "Standard deviation of Patlak Ki"), 4),
 }
 
+# A native Enhanced PET source's Enhanced PET Corrections flags -> the defined terms of the classic PET Series'
+# CorrectedImage (0028,0051), where a derived classic PET image records them
+_CORRECTION_TERMS = {"AttenuationCorrected": "ATTN", "ScatterCorrected": "SCAT", "DeadTimeCorrected": "DTIM",
+                     "GantryMotionCorrected": "MOTN", "PatientMotionCorrected": "PMOT",
+                     "CountLossNormalizationCorrected": "CLN", "RandomsCorrected": "RAN",
+                     "NonUniformRadialSamplingCorrected": "RADL", "SensitivityCalibrated": "DCAL",
+                     "DetectorNormalizationCorrection": "NORM"}
 # Attributes of a dynamic source frame that are false for a static derived image.
 _DROP_FROM_PET = (
     "PixelData", "NumberOfTimeSlices", "DecayFactor", "FrameTime", "TriggerTime",
@@ -73,18 +80,11 @@ _DROP_FROM_PET = (
     "SliceSensitivityFactor", "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
     "WindowCenterWidthExplanation", "VOILUTSequence", "ReferencedImageSequence", "ImageComments",
     "TemporalPositionIndex",
-    # a native Enhanced PET source's frame: its mapping describes the source's values, not the map's
-    "RealWorldValueMappingSequence", "DecayCorrected", "DecayCorrectionDateTime",
+    # a native Enhanced PET source's frame: its mapping describes the source's values, not the map's, and its
+    # Enhanced PET Corrections module belongs to no classic PET module (the flags go into CorrectedImage)
+    "RealWorldValueMappingSequence", "DecayCorrected", "DecayCorrectionDateTime", "AttenuationCorrectionSource",
+    "AttenuationCorrectionTemporalRelationship", *_CORRECTION_TERMS,
 )
-# A native Enhanced PET source's Enhanced PET Corrections flags -> the defined terms of the classic PET Series'
-# CorrectedImage (0028,0051), where a derived classic PET image records them; the flags (and the details of
-# attenuation correction that go with them) belong to no classic PET module
-_CORRECTION_TERMS = {"AttenuationCorrected": "ATTN", "ScatterCorrected": "SCAT", "DeadTimeCorrected": "DTIM",
-                     "GantryMotionCorrected": "MOTN", "PatientMotionCorrected": "PMOT",
-                     "CountLossNormalizationCorrected": "CLN", "RandomsCorrected": "RAN",
-                     "NonUniformRadialSamplingCorrected": "RADL", "SensitivityCalibrated": "DCAL",
-                     "DetectorNormalizationCorrection": "NORM"}
-_ENHANCED_CORRECTION_DETAILS = ("AttenuationCorrectionSource", "AttenuationCorrectionTemporalRelationship")
 # PET Series / NM-PET Patient Orientation type 2 attributes a native Enhanced PET source lacks: empty if absent
 _PET_TYPE2 = {"CollimatorType": "", "PatientOrientationCodeSequence": [],
               "PatientGantryRelationshipCodeSequence": []}
@@ -267,13 +267,7 @@ def _derived_pet_slice(source: pydicom.Dataset, values: np.ndarray, z: int, seri
     ds.InstanceNumber = ds.ImageIndex = z + 1
     ds.SourceImageSequence = [_source_reference(source, source_frame)]
     ds.ContributingEquipmentSequence = [hd.ContributingEquipment.for_image_acquisition(source)]
-    corrected = [v for v in ds.get("CorrectedImage", []) if v != "DECY"]  # DECY needs DecayFactor
-    for keyword, term in _CORRECTION_TERMS.items():
-        if ds.pop(keyword, None) is not None and source.get(keyword) == "YES" and term not in corrected:
-            corrected.append(term)
-    for keyword in _ENHANCED_CORRECTION_DETAILS:
-        ds.pop(keyword, None)
-    ds.CorrectedImage = corrected
+    ds.CorrectedImage = _corrected_image(source)
     stored, ds.RescaleSlope = _int16_slice(values)
     ds.Rows, ds.Columns = stored.shape
     ds.PixelData = stored.tobytes()
@@ -293,6 +287,14 @@ def _save(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
     for ds, path in zip(datasets, paths):
         ds.save_as(path, enforce_file_format=True)
     return paths
+
+
+def _corrected_image(source: pydicom.Dataset) -> list[str]:
+    """The source's CorrectedImage terms but DECY (it needs a DecayFactor), plus those of a native Enhanced PET
+    source's correction flags that are YES."""
+    terms = [v for v in source.get("CorrectedImage", []) if v != "DECY"]
+    return terms + [term for keyword, term in _CORRECTION_TERMS.items()
+                    if source.get(keyword) == "YES" and term not in terms]
 
 
 def write_nifti(image: np.ndarray, affine: np.ndarray, path: Path) -> Path:

@@ -229,9 +229,8 @@ def native_enhanced(classic_folder: Path, out_folder: Path, transformation_gain:
     classic PET attributes taken out (no Units, DecayCorrection, FrameReferenceTime, ImageIndex): units and
     rescale in a per-frame Real World Value Mapping (CID 84 ``Bq/ml``), decay correction and the other
     correction flags in the Enhanced PET Corrections module (DecayCorrected YES to the classic series' START
-    time; ``NATIVE_CORRECTIONS``), the dose in MBq (Enhanced PET
-    Isotope module). ``transformation_gain`` scales the Pixel Value Transformation's slope away from the
-    mapping's."""
+    time; ``NATIVE_CORRECTIONS``), the dose in MBq (Enhanced PET Isotope module). ``transformation_gain``
+    scales the Pixel Value Transformation's slope away from the mapping's."""
     path = legacy_converted(classic_folder, out_folder)
     ds = pydicom.dcmread(path)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.130"

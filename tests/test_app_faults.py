@@ -136,16 +136,9 @@ def case_no_dicom(study, tmp):
 
 def case_static_pet_only(study, tmp):
     """The last frame alone, rewritten as the static series a scanner would export."""
-    def static(ds, frame, z):
-        ds.NumberOfTimeSlices, ds.SeriesType = 1, ["STATIC", "IMAGE"]
-        ds.ImageIndex = int(ds.ImageIndex) - last * study.n_slices
-
     last = study.n_frames - 1
-    keep = {name for (f, _), name in study.files.items() if f == last}
-    for path in study.folder.glob("*.dcm"):
-        if path.name not in keep:
-            path.unlink()
-    edit(study, static, lambda f, z: f == last)
+    drop_frames(study, range(last))
+    edit(study, lambda ds, f, z: setattr(ds, "SeriesType", ["STATIC", "IMAGE"]), lambda f, z: f == last)
     return study.folder, [], ["single time frame", "NumberOfTimeSlices"]
 
 

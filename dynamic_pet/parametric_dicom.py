@@ -292,7 +292,8 @@ def _save(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
 def _corrected_image(source: pydicom.Dataset) -> list[str]:
     """The source's CorrectedImage terms but DECY (it needs a DecayFactor), plus those of a native Enhanced PET
     source's correction flags that are YES."""
-    terms = [v for v in source.get("CorrectedImage", []) if v != "DECY"]
+    value = source.get("CorrectedImage") or []
+    terms = [v for v in ([value] if isinstance(value, str) else value) if v != "DECY"]  # one value is a str
     return terms + [term for keyword, term in _CORRECTION_TERMS.items()
                     if source.get(keyword) == "YES" and term not in terms]
 

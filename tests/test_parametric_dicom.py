@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 
-from dynamic_pet.parametric_dicom import (MAP_KINDS, read_nifti, write_nifti,
+from dynamic_pet.parametric_dicom import (MAP_KINDS, derived_pet_series, read_nifti, write_nifti,
                                           write_parametric_outputs)
 from dynamic_pet.study import DynamicStudy
 
@@ -202,9 +202,25 @@ def test_derived_pet_headers_describe_a_static_derived_image(outputs, maps):
             assert ds.Units == MAP_KINDS[name].pet_units
             assert list(ds.SeriesType) == ["STATIC", "IMAGE"] and ds.DecayCorrection == "NONE"
             assert "NumberOfTimeSlices" not in ds and "DecayFactor" not in ds and not ds.ActualFrameDuration
-            assert "DECY" not in ds.CorrectedImage
+            assert list(ds.CorrectedImage) == ["ATTN", "SCAT", "DTIM", "RAN", "NORM"]  # the source's, less DECY
             assert float(ds.WindowWidth) > 0 and "WindowCenter" in ds
             assert ds.NumberOfSlices == N_SLICES and ds.ImageIndex == ds.InstanceNumber
+
+
+@pytest.mark.parametrize("source_terms, derived", [("ATTN", ["ATTN"]), ("DECY", []), (None, [])])
+def test_derived_pet_keeps_a_single_corrected_image_term(study, maps, source_terms, derived):
+    """CorrectedImage with one value (pydicom gives a str, not a list) or none at all."""
+    slices = [copy.deepcopy(ds) for ds in study.slice_datasets]
+    for ds in slices:
+        if source_terms is None:
+            del ds.CorrectedImage
+        else:
+            ds.CorrectedImage = source_terms
+    one_term = copy.copy(study)
+    one_term.slice_datasets = slices
+    for ds in derived_pet_series(one_term, maps["ki"], MAP_KINDS["ki"], "test", 901):
+        element = ds["CorrectedImage"]  # type 2: present, empty when no correction is left
+        assert element.VM == len(derived) and (element.VM == 0 or element.value == derived[0])
 
 
 def test_series_linkage_uids_and_identity(outputs, study):

@@ -73,6 +73,7 @@ import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
+from pydicom.uid import HTJ2K, JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
 from pydicom.valuerep import DA, DT, TM
 
 from dynamic_pet.errors import InputError
@@ -98,6 +99,11 @@ _REAL_WORLD_UNITS = {"Bq/ml": "BQML", "g/ml{SUVbw}": "GML"}
 _PHILIPS_CREATOR = "Philips PET Private Group"
 _OVERLAP_TOLERANCE_S = 1.0  # acquisition times truncated to whole seconds can overlap by up to 1 s
 _DECAY_FACTOR_TOLERANCE = 0.01
+# Transfer syntaxes that are lossy whatever the header says, and the method term (PS3.3 C.7.6.1.1.5.1) of every
+# syntax that can be lossy; JPEG 2000, JPEG-LS near-lossless and HTJ2K are lossy when LossyImageCompression is 01
+_ALWAYS_LOSSY = {JPEGBaseline8Bit, JPEGExtended12Bit}
+_LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1", JPEG2000: "ISO_15444_1",
+                  JPEGLSNearLossless: "ISO_14495_1", HTJ2K: "ISO_15444_15"}
 _SAME_POSITION_MM = 0.01  # two instances of one frame closer than this along the normal are one slice
 
 
@@ -292,6 +298,37 @@ def _philips_scale(ds: pydicom.Dataset) -> float | None:
     return float(_single(value))
 
 
+def _transfer_syntax(ds: pydicom.Dataset) -> pydicom.uid.UID | None:
+    return getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+
+
+def _is_deflated(ds: pydicom.Dataset) -> bool:
+    """Deflated transfer syntax: the dataset after the file meta is one zlib stream."""
+    syntax = _transfer_syntax(ds)
+    return syntax is not None and syntax.is_deflated
+
+
+def _lossy_compression(ds: pydicom.Dataset, path: Path) -> tuple[str, float] | None:
+    """(method, ratio) when the pixel data have been lossy compressed, by LossyImageCompression 01 or a transfer
+    syntax that is always lossy; None otherwise. The ratio is the header's (the largest of several steps) or,
+    when absent, estimated as the native pixel data size over the stored one (the file from the pixel data on)."""
+    syntax = _transfer_syntax(ds)
+    if _text(ds, "LossyImageCompression") != "01" and syntax not in _ALWAYS_LOSSY:
+        return None
+    methods = _raw(ds, "LossyImageCompressionMethod")
+    method = str(_single(methods)) if methods else _LOSSY_METHODS.get(syntax, "unknown")
+    ratios = _raw(ds, "LossyImageCompressionRatio")
+    if ratios:
+        ratio = max(float(r) for r in (ratios if isinstance(ratios, (list, tuple)) else [ratios]))
+    else:
+        native = (_int(ds, "Rows") or 0) * (_int(ds, "Columns") or 0) * (_int(ds, "BitsAllocated") or 16) / 8
+        offset = getattr(ds.get_item(0x7FE00010, keep_deferred=True), "value_tell", None) \
+            if 0x7FE00010 in ds else None
+        stored = path.stat().st_size - (offset or 0)
+        ratio = native * (_int(ds, "NumberOfFrames") or 1) / max(stored, 1)
+    return method, round(ratio, 1)
+
+
 def _native_pixel_bytes(ds: pydicom.Dataset) -> int | None:
     """Length in bytes of native (uncompressed) PixelData; None when encapsulated or absent."""
     meta = getattr(ds, "file_meta", None)
@@ -329,6 +366,7 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "rows": ("Rows", lambda ds: _int(ds, "Rows")),
     "columns": ("Columns", lambda ds: _int(ds, "Columns")),
     "pixel_bytes": ("PixelData", _native_pixel_bytes),
+    "deflated": ("TransferSyntaxUID", _is_deflated),
     "slope": ("RescaleSlope", lambda ds: _rescale(ds, "RescaleSlope")),
     "intercept": ("RescaleIntercept", lambda ds: _rescale(ds, "RescaleIntercept")),
     "philips_scale": ("Philips (7053,1009) activity concentration scale factor", _philips_scale),
@@ -404,6 +442,10 @@ class _Record:
             self.values["injection"] = exc
         except Exception as exc:  # noqa: BLE001 - e.g. a date at the edge of the calendar
             self.values["injection"] = InputError(f"value cannot be read ({exc})", path, _INJECTION_TAGS)
+        try:
+            self.values["lossy"] = _lossy_compression(ds, path)
+        except Exception as exc:  # noqa: BLE001 - a malformed ratio or method
+            self.values["lossy"] = InputError(f"value cannot be read ({exc})", path, _tag("LossyImageCompression"))
 
     def get(self, name: str, required: bool = False):
         """The parsed value; raises the stored InputError, or one for a missing required value."""
@@ -491,21 +533,27 @@ def frame_views(ds: pydicom.Dataset, path: Path) -> list[pydicom.Dataset]:
 
 
 def _multiframe_records(path: Path, ds: pydicom.Dataset) -> list[_Record]:
-    """A record per frame of a multi-frame PET instance, its pixel-data length shared out over the frames."""
+    """A record per frame of a multi-frame PET instance, its pixel-data length shared out over the frames and
+    the instance's encoding (which its frame views, without file meta, do not show) recorded for each."""
     records = [_Record(path, view, frame) for frame, view in enumerate(frame_views(ds, path))]
-    stored = _native_pixel_bytes(ds)
+    stored, deflated, lossy = _native_pixel_bytes(ds), _is_deflated(ds), _lossy_compression(ds, path)
     for record in records:
         record.values["pixel_bytes"] = None if stored is None else stored // len(records)  # drops the pad byte
+        record.values.update(deflated=deflated, lossy=lossy)
     return records
 
 
 def _check_complete(ds: pydicom.Dataset, path: Path) -> None:
-    """pydicom returns a partial dataset for a truncated file: require the pixel data element, whole."""
+    """pydicom returns a partial dataset for a truncated file: require the pixel data element, whole.
+
+    A Deflated file's offsets count in the inflated stream (a truncated one fails to inflate when read)."""
+    deflated = _is_deflated(ds)
     for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):  # PixelData, FloatPixelData, DoubleFloatPixelData
         if tag in ds:
             element = ds.get_item(tag, keep_deferred=True)
             length, offset = getattr(element, "length", None), getattr(element, "value_tell", None)
-            if None in (length, offset) or length == 0xFFFFFFFF or offset + length <= path.stat().st_size:
+            if deflated or None in (length, offset) or length == 0xFFFFFFFF \
+                    or offset + length <= path.stat().st_size:
                 return
             raise EOFError("pixel data extends past the end of the file (truncated)")
     raise EOFError("no pixel data (truncated file?)")
@@ -901,7 +949,9 @@ def _decode(record: _Record, shape: tuple[int, int]) -> np.ndarray:
     """Rescaled float64 pixel values of one file."""
     path = record.path
     try:
-        pixels = pixel_array(path, index=record.frame)  # reads only what decoding needs
+        # from the path pydicom reads only what decoding needs; a Deflated file must be inflated whole first
+        source = pydicom.dcmread(path) if record.get("deflated") else path
+        pixels = pixel_array(source, index=record.frame)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is an input problem of this file
         raise InputError(f"pixel data cannot be read ({type(exc).__name__}: {exc})", path,
                          _tag("PixelData")) from exc
@@ -1048,6 +1098,7 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
                                      "half-life or dose implausible", record.path, _INJECTION_TAGS)
     if records[0].get("units") != "BQML":
         notes.append(f"Units {records[0].get('units')} converted to Bq/mL")
+    lossy = _lossy_summary(frames, notes)
     slice_datasets, multiframe_source, source_frames = _source_headers(frames[0])
     logger.info("loaded a dynamic PET series: %d frames of %d slices of %dx%d", *activity.shape)
     return DynamicStudy(activity=activity, frame_start_min=starts / 60.0, frame_end_min=ends / 60.0,
@@ -1055,4 +1106,20 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
                         series_instance_uid=records[0].series_uid,
                         study_instance_uid=str(records[0].get("study_uid") or ""),
                         half_life_s=float(half_life_s), notes=notes,
-                        multiframe_source=multiframe_source, source_frames=source_frames)
+                        multiframe_source=multiframe_source, source_frames=source_frames,
+                        lossy_compression=lossy)
+
+
+def _lossy_summary(frames: list[list[_Record]], notes: list[str]) -> list[tuple[str, float]]:
+    """Each lossy compression method met in the series with its largest ratio; a warning when there is one:
+    the activity values, and the maps made from them, carry the compression error."""
+    worst: dict[str, float] = {}
+    for record in (r for frame in frames for r in frame):
+        found = record.get("lossy")
+        if found is not None:
+            worst[found[0]] = max(worst.get(found[0], 0.0), found[1])
+    if worst:
+        described = ", ".join(f"{method} (ratio {ratio:g}:1)" for method, ratio in worst.items())
+        notes.append(f"source images were lossy compressed: {described}; quantitative values carry its error")
+        logger.warning("the source images were lossy compressed (%s): the maps are marked lossy", described)
+    return sorted(worst.items())

@@ -79,7 +79,7 @@ _DROP_FROM_PET = (
     "DoseCalibrationFactor", "DeadTimeFactor", "ScatterFractionFactor", "PrimaryPromptsCountsAccumulated",
     "SliceSensitivityFactor", "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
     "WindowCenterWidthExplanation", "VOILUTSequence", "ReferencedImageSequence", "ImageComments",
-    "TemporalPositionIndex",
+    "TemporalPositionIndex", "LossyImageCompressionMethod", "LossyImageCompressionRatio",  # see lossy_attributes
     # a native Enhanced PET source's frame: its mapping describes the source's values, not the map's, and its
     # Enhanced PET Corrections module belongs to no classic PET module (the flags go into CorrectedImage)
     "RealWorldValueMappingSequence", "DecayCorrected", "DecayCorrectionDateTime", "AttenuationCorrectionSource",
@@ -149,6 +149,16 @@ def _description(kind: MapKind, what: str) -> str:
     return f"{kind.label} [{kind.units_text}] {what} RESEARCH USE ONLY"
 
 
+def lossy_attributes(study: DynamicStudy) -> dict[str, object]:
+    """Lossy Image Compression attributes of an image derived from the study: once lossy compressed, images
+    derived from it keep 01, the methods and the ratios (PS3.3 C.7.6.1.1.5)."""
+    if not study.lossy_compression:
+        return {"LossyImageCompression": "00"}
+    return {"LossyImageCompression": "01",
+            "LossyImageCompressionMethod": [method for method, _ in study.lossy_compression],
+            "LossyImageCompressionRatio": [format_number_as_ds(ratio) for _, ratio in study.lossy_compression]}
+
+
 def _coding_scheme_item() -> pydicom.Dataset:
     item = pydicom.Dataset()
     item.CodingSchemeDesignator = CODING_SCHEME
@@ -181,6 +191,10 @@ def parametric_map(study: DynamicStudy, image: np.ndarray, kind: MapKind, method
     # General Series Laterality (type 2C): the source's, else empty ("unknown"), as dciodvfy requires
     pm.Laterality = study.slice_datasets[0].get("Laterality", "")
     pm.CodingSchemeIdentificationSequence = [_coding_scheme_item()]
+    for keyword in ("LossyImageCompressionMethod", "LossyImageCompressionRatio"):  # highdicom copies the first
+        pm.pop(keyword, None)  # source's; the study's account covers every frame read
+    for keyword, value in lossy_attributes(study).items():
+        setattr(pm, keyword, value)
     for frame in pm.PerFrameFunctionalGroupsSequence:
         for derivation in frame.get("DerivationImageSequence", []):
             derivation.DerivationDescription = method_description
@@ -241,6 +255,7 @@ def derived_pet_series(study: DynamicStudy, image: np.ndarray, kind: MapKind, me
         "BitsAllocated": 16, "BitsStored": 16, "HighBit": 15, "PixelRepresentation": 1, "RescaleIntercept": 0,
         "WindowCenter": format_number_as_ds(center), "WindowWidth": format_number_as_ds(width),
         "VOILUTFunction": "LINEAR_EXACT",  # widths below 1 (Ki) are legal only with LINEAR_EXACT
+        **lossy_attributes(study),
     }
     frames = study.source_frames or [None] * len(study.slice_datasets)
     return [_derived_pet_slice(source, image[z], z, series, frames[z])

@@ -40,6 +40,9 @@ class DynamicStudy:
         patient identifiers.
     timings_s:
         Wall time of each pipeline stage, filled in as the stages run.
+    lossy_compression:
+        (method, ratio) of each lossy compression the source images went through (PS3.3 C.7.6.1.1.5), the
+        largest ratio per method; empty when none. Images derived from them must say so.
     """
 
     activity: np.ndarray
@@ -55,6 +58,7 @@ class DynamicStudy:
     multiframe_source: pydicom.Dataset | None = None
     source_frames: list[int] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    lossy_compression: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def frame_mid_min(self) -> np.ndarray:

@@ -277,3 +277,36 @@ def drop_frames(study: PhantomDicom, frames: Iterable[int]) -> None:
         ds.NumberOfTimeSlices = len(kept)
         ds.ImageIndex = kept.index(frame) * study.n_slices + z + 1
         ds.save_as(path)
+
+
+# ------------------------------------------------------------- shared: a JPEG Lossless writer for loader tests
+def jpeg_lossless_sv1(frame: np.ndarray) -> bytes:
+    """A 16-bit single-component image as a JPEG Lossless, Non-Hierarchical, First-Order Prediction codestream
+    (ITU-T T.81 Annex H, predictor 1, point transform 0; DICOM transfer syntax 1.2.840.10008.1.2.4.70), for
+    tests only: no library here encodes it. Signed pixels are coded as their 16-bit patterns, as DICOM does.
+    One Huffman table gives every difference category (0-16) a 5-bit code."""
+    samples = frame.astype(np.int64) & 0xFFFF
+    rows, cols = samples.shape
+    predicted = np.empty_like(samples)
+    predicted[0, 0] = 1 << 15
+    predicted[0, 1:] = samples[0, :-1]  # first row: the left neighbour
+    predicted[1:, 0] = samples[:-1, 0]  # first column: the sample above
+    predicted[1:, 1:] = samples[1:, :-1]  # predictor 1: left
+    bits = []
+    for diff in (((samples - predicted + 32768) & 0xFFFF) - 32768).ravel():  # modulo 2^16, centred
+        category = int(abs(diff)).bit_length()
+        bits.append(format(category, "05b"))
+        if 0 < category < 16:  # category 16 (difference 32768) has no extra bits
+            bits.append(format(diff if diff > 0 else diff - 1 + (1 << category), f"0{category}b"))
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)  # pad with ones
+    data = bytes(int(stream[i:i + 8], 2) for i in range(0, len(stream), 8)).replace(b"\xff", b"\xff\x00")
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+    huffman = bytes([0x00]) + bytes([0, 0, 0, 0, 17] + [0] * 11) + bytes(range(17))  # class 0, table 0
+    frame_header = bytes([16]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
+    scan_header = bytes([1, 1, 0x00, 1, 0, 0])  # one component, table 0, predictor 1, Se 0, point transform 0
+    return (b"\xff\xd8" + segment(0xC4, huffman) + segment(0xC3, frame_header) + segment(0xDA, scan_header)
+            + data + b"\xff\xd9")

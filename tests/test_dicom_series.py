@@ -12,7 +12,8 @@ import pydicom
 import pytest
 from pydicom.valuerep import DT
 
-from conftest import legacy_converted, native_enhanced
+from conftest import (jpeg_lossless_sv1, legacy_converted, native_enhanced, synthetic_activity,
+                      write_synthetic_series)
 
 from dynamic_pet.dicom_series import decay_weighted_offset_s, load_dynamic_study
 from dynamic_pet.errors import InputError
@@ -323,3 +324,85 @@ def test_native_enhanced_pet_uncorrected_frames_are_decay_corrected(written_seri
     study = load_dynamic_study(path.parent)
     _assert_matches_truth(study, written_series)
     assert any(note.startswith("DecayCorrection NONE") for note in study.notes)
+
+
+def _encode(folder, syntax, **header) -> None:
+    """Re-encode every file of ``folder`` in ``syntax`` (compressed or deflated), then set ``header``."""
+    for path in sorted(folder.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if syntax == pydicom.uid.JPEGLosslessSV1:  # no library here encodes it
+            ds.PixelData = pydicom.encaps.encapsulate([jpeg_lossless_sv1(ds.pixel_array)])
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = syntax
+        elif syntax.is_compressed:
+            ds.compress(syntax)
+        else:
+            ds.file_meta.TransferSyntaxUID = syntax
+        for keyword, value in header.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def series_32(tmp_path_factory):
+    """The standard series on 32x32 slices: OpenJPEG encodes no smaller image with its default levels."""
+    return write_synthetic_series(tmp_path_factory.mktemp("series_32") / "series", activity=synthetic_activity(shape=(8, 32, 32)))
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.JPEGLosslessSV1, pydicom.uid.RLELossless, pydicom.uid.JPEGLSLossless,
+                                    pydicom.uid.JPEG2000Lossless, pydicom.uid.DeflatedExplicitVRLittleEndian])
+def test_lossless_transfer_syntaxes_give_the_same_values(series_32, tmp_path, syntax):
+    """PACS store PET compressed losslessly or deflated: the same activity, to the bit, and nothing marked lossy."""
+    folder = tmp_path / "encoded"
+    shutil.copytree(series_32.folder, folder)
+    _encode(folder, syntax)
+
+    study = load_dynamic_study(folder)
+
+    np.testing.assert_array_equal(study.activity, load_dynamic_study(series_32.folder).activity)
+    assert study.lossy_compression == []
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.RLELossless, pydicom.uid.DeflatedExplicitVRLittleEndian])
+def test_encoded_multiframe_pet_gives_the_same_values(written_series, tmp_path, syntax):
+    """A Legacy Converted Enhanced PET instance, RLE-compressed or deflated: its frames decode as before."""
+    path = legacy_converted(written_series.folder, tmp_path / "lce")
+    plain = load_dynamic_study(path.parent).activity
+    _encode(path.parent, syntax)
+
+    np.testing.assert_array_equal(load_dynamic_study(path.parent).activity, plain)
+
+
+@pytest.mark.parametrize("ratio_in_header", [True, False])
+def test_lossy_compressed_source_is_reported_and_marks_the_maps(series_32, tmp_path, ratio_in_header, caplog):
+    """JPEG 2000 at 8:1 with LossyImageCompression 01: the study records the method and ratio (the header's,
+    else estimated from the stored size), warns, and both DICOM outputs keep 01 with the method and ratio."""
+    from dynamic_pet.parametric_dicom import write_parametric_outputs
+
+    folder = tmp_path / "lossy"
+    shutil.copytree(series_32.folder, folder)
+    for path in sorted(folder.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.compress(pydicom.uid.JPEG2000, j2k_cr=[8])
+        ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_15444_1"
+        if ratio_in_header:
+            ds.LossyImageCompressionRatio = 8
+        ds.save_as(path, enforce_file_format=True)
+
+    with caplog.at_level(logging.WARNING):
+        study = load_dynamic_study(folder)
+
+    [(method, ratio)] = study.lossy_compression
+    assert method == "ISO_15444_1"
+    assert ratio == (8 if ratio_in_header else pytest.approx(8, rel=0.2))  # estimated: the codestream's size
+    assert any("lossy compressed" in note for note in study.notes)
+    assert "lossy compressed" in caplog.text
+    error = np.abs(study.activity - series_32.activity).max() / series_32.activity.max()
+    assert 1e-4 < error < 0.05, error  # changed, as lossy coding does, but still the same images
+    written = write_parametric_outputs(study, {"ki": study.activity[-1] * 1e-4}, tmp_path / "out",
+                                       method_description="test")
+    for key in ("ki_pmap", "ki_pet"):
+        ds = pydicom.dcmread(written[key][0], stop_before_pixels=True)
+        assert ds.LossyImageCompression == "01"
+        assert ds.LossyImageCompressionMethod == "ISO_15444_1"
+        assert float(ds.LossyImageCompressionRatio) == pytest.approx(ratio)

@@ -63,6 +63,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ _REAL_WORLD_UNITS = {"Bq/ml": "BQML", "g/ml{SUVbw}": "GML"}
 _PHILIPS_CREATOR = "Philips PET Private Group"
 _OVERLAP_TOLERANCE_S = 1.0  # acquisition times truncated to whole seconds can overlap by up to 1 s
 _DECAY_FACTOR_TOLERANCE = 0.01
+# DecayFactors agreeing on a decay reference to within this much decay (0.1 %; 9.5 s for F-18) fix the reference
+_REFERENCE_AGREEMENT = 0.001
 # Transfer syntaxes that are lossy whatever the header says, and the method term (PS3.3 C.7.6.1.1.5.1) of every
 # syntax that can be lossy; JPEG 2000, JPEG-LS near-lossless and HTJ2K are lossy when LossyImageCompression is 01
 _ALWAYS_LOSSY = {JPEGBaseline8Bit, JPEGExtended12Bit}
@@ -211,19 +214,63 @@ def _time(ds: pydicom.Dataset, keyword: str) -> dt.time | None:
     return dt.time(parsed.hour, parsed.minute, parsed.second, parsed.microsecond)
 
 
-def _datetime(ds: pydicom.Dataset, keyword: str) -> dt.datetime | None:
-    """A DT value as a naive local date-time (a UTC offset suffix, if any, is dropped)."""
+def _local_zone(ds: pydicom.Dataset) -> dt.timezone | None:
+    """TimezoneOffsetFromUTC (0008,0201), the zone of the instance's DA / TM values, as a timezone."""
+    text = _text(ds, "TimezoneOffsetFromUTC")
+    if text is None:
+        return None
+    if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit():
+        raise ValueError(f"{text!r} is not &HHMM")
+    minutes = int(text[1:3]) * 60 + int(text[3:])
+    return dt.timezone(dt.timedelta(minutes=minutes if text[0] == "+" else -minutes))
+
+
+def _datetime(ds: pydicom.Dataset, keyword: str, top: pydicom.Dataset | None = None) -> dt.datetime | None:
+    """A DT value as a naive date-time in the instance's local time: a value with its own UTC offset is
+    converted to TimezoneOffsetFromUTC of ``top`` (the instance; default ``ds``) when that is given, as DA
+    and TM values are in that zone (SOP Common module); without it the offset is dropped."""
     value = _raw(ds, keyword)
     if value is None:
         return None
     parsed = DT(str(value).strip())
+    zone = _local_zone(top if top is not None else ds) if parsed.tzinfo is not None else None
+    if zone is not None:
+        parsed = parsed.astimezone(zone)
     return dt.datetime(parsed.year, parsed.month, parsed.day, parsed.hour, parsed.minute, parsed.second,
                        parsed.microsecond)
+
+
+def _nearest_day(when: dt.datetime, anchor: dt.datetime) -> dt.datetime:
+    """``when`` moved by whole days to within 12 h of ``anchor``: a time of day given without its date and
+    combined with the series date belongs to the day before or after when the study crosses midnight."""
+    return when + dt.timedelta(days=round((anchor - when) / dt.timedelta(days=1)))
 
 
 def _radiopharmaceutical(ds: pydicom.Dataset) -> pydicom.Dataset:
     sequence = _raw(ds, "RadiopharmaceuticalInformationSequence")
     return sequence[0] if sequence else pydicom.Dataset()
+
+
+# Physical half-lives (s) of PET radionuclides (NNDC), by mass number and element symbol, for a series whose
+# RadionuclideHalfLife (type 3) is absent but whose RadionuclideCodeSequence (CID 4020) names the nuclide
+NUCLIDE_HALF_LIFE_S = {"18F": 6586.2, "11C": 1221.8, "13N": 597.9, "15O": 122.24, "68Ga": 4062.6, "82Rb": 75.45,
+                       "64Cu": 45721.0, "89Zr": 282276.0, "124I": 360806.0}
+_ELEMENTS = {"fluorine": "F", "carbon": "C", "nitrogen": "N", "oxygen": "O", "gallium": "Ga", "rubidium": "Rb",
+             "copper": "Cu", "zirconium": "Zr", "iodine": "I"}
+
+
+def _nuclide(item: pydicom.Dataset) -> str | None:
+    """The radionuclide as mass number and symbol (``18F``) from the code meaning of RadionuclideCodeSequence:
+    ``^18^Fluorine`` (CID 4020), ``F-18``, ``18F`` or ``Fluorine-18``; None when absent or not recognised."""
+    code = (_raw(item, "RadionuclideCodeSequence") or [pydicom.Dataset()])[0]
+    meaning = str(code.get("CodeMeaning", "") or "")
+    mass = re.search(r"\d+", meaning)
+    word = re.search(r"[A-Za-z]+", meaning)
+    if mass is None or word is None:
+        return None
+    name = word.group().lower()
+    symbol = _ELEMENTS.get(name) or next((v for v in _ELEMENTS.values() if v.lower() == name), None)
+    return None if symbol is None else mass.group() + symbol
 
 
 def _decay_mode(ds: pydicom.Dataset) -> str | None:
@@ -357,6 +404,7 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "decay_dt": ("DecayCorrectionDateTime", lambda ds: _datetime(ds, "DecayCorrectionDateTime")),
     "decay_factor": ("DecayFactor", lambda ds: _float(ds, "DecayFactor")),
     "half_life_s": ("RadionuclideHalfLife", lambda ds: _float(_radiopharmaceutical(ds), "RadionuclideHalfLife")),
+    "nuclide": ("RadionuclideCodeSequence", lambda ds: _nuclide(_radiopharmaceutical(ds))),
     "dose_bq": ("RadionuclideTotalDose", _dose_bq),
     "weight_kg": ("PatientWeight", lambda ds: _float(ds, "PatientWeight")),
     "position": ("ImagePositionPatient", lambda ds: _floats(ds, "ImagePositionPatient", 3)),
@@ -386,18 +434,22 @@ def _combine(date: dt.date | None, time: dt.time | None) -> dt.datetime | None:
 
 
 def _acquisition_datetime(ds: pydicom.Dataset) -> dt.datetime | None:
+    """AcquisitionDateTime, else AcquisitionDate and Time; an empty AcquisitionDate (type 2) borrows the
+    series date, on the day that puts the time within 12 h of the series start."""
     combined = _datetime(ds, "AcquisitionDateTime")
     if combined is not None:
         return combined
-    date = _date(ds, "AcquisitionDate") or _date(ds, "SeriesDate")
-    return _combine(date, _time(ds, "AcquisitionTime"))
+    own = _date(ds, "AcquisitionDate")
+    acquired = _combine(own or _date(ds, "SeriesDate"), _time(ds, "AcquisitionTime"))
+    series = _combine(_date(ds, "SeriesDate"), _time(ds, "SeriesTime"))
+    return acquired if own is not None or acquired is None or series is None else _nearest_day(acquired, series)
 
 
 def _injection(ds: pydicom.Dataset, path: Path, series_dt: object) -> tuple[dt.datetime, str] | None:
     """Injection date-time and the attribute it came from."""
     item = _radiopharmaceutical(ds)
     try:
-        full = _datetime(item, "RadiopharmaceuticalStartDateTime")
+        full = _datetime(item, "RadiopharmaceuticalStartDateTime", top=ds)
     except ValueError as exc:
         raise InputError(f"cannot be read ({exc})", path, _tag("RadiopharmaceuticalStartDateTime")) from exc
     if full is not None:
@@ -410,8 +462,10 @@ def _injection(ds: pydicom.Dataset, path: Path, series_dt: object) -> tuple[dt.d
     if time is None or date is None:
         return None
     injection = dt.datetime.combine(date, time)
-    if isinstance(series_dt, dt.datetime) and injection > series_dt:
-        return injection - dt.timedelta(days=1), "RadiopharmaceuticalStartTime (previous day)"
+    if isinstance(series_dt, dt.datetime):  # a scan may start shortly before the injection, or after midnight
+        moved = _nearest_day(injection, series_dt)
+        if moved != injection:
+            return moved, f"RadiopharmaceuticalStartTime ({'previous' if moved < injection else 'next'} day)"
     return injection, "RadiopharmaceuticalStartTime with the series date"
 
 
@@ -862,6 +916,20 @@ def _frame_times(frames: list[list[_Record]], half_life_s: float, notes: list[st
 
 # ------------------------------------------------------------------------------------- decay and units
 
+def _half_life(record: _Record, notes: list[str]) -> float:
+    """RadionuclideHalfLife, else the half-life of the nuclide its code sequence names."""
+    stated, nuclide = record.get("half_life_s"), record.get("nuclide")
+    if stated is not None:
+        return stated
+    if nuclide in NUCLIDE_HALF_LIFE_S:
+        notes.append(f"RadionuclideHalfLife absent: {NUCLIDE_HALF_LIFE_S[nuclide]:g} s, the half-life of {nuclide} "
+                     "named by the RadionuclideCodeSequence")
+        return NUCLIDE_HALF_LIFE_S[nuclide]
+    raise InputError("the radionuclide's half-life is needed and neither RadionuclideHalfLife nor a known "
+                     f"RadionuclideCodeSequence ({', '.join(NUCLIDE_HALF_LIFE_S)}) gives it", record.path,
+                     _tag("RadionuclideHalfLife"))
+
+
 def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, durations: np.ndarray,
                         injection: dt.datetime, half_life_s: float, from_acquisition: bool,
                         notes: list[str]) -> tuple[np.ndarray, float]:
@@ -880,7 +948,14 @@ def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, duratio
             raise InputError("SeriesDate/SeriesTime (the START decay reference) is missing", record.path,
                              _tag("SeriesTime"))
         reference = (series - injection).total_seconds()
-        if from_acquisition and reference > starts[0] + _OVERLAP_TOLERANCE_S:
+        implied = _reference_from_decay_factors(frames, starts, durations, half_life_s)
+        if implied is not None and abs(implied - reference) > _REFERENCE_AGREEMENT / lam:
+            notes.append(f"the DecayFactors of all frames refer to {implied:.1f} s after injection, not to "
+                         f"SeriesDate/Time ({reference:.1f} s): START decay reference taken from them")
+            logger.warning("DecayFactor gives the START decay reference %.1f s from the series time",
+                           implied - reference)
+            reference = implied
+        elif from_acquisition and reference > starts[0] + _OVERLAP_TOLERANCE_S:
             notes.append("SeriesDate/Time is after the first frame start (reprocessed series?): START "
                          "decay reference taken as the first frame start")
             logger.warning("SeriesTime after the first frame start; START reference = first frame start")
@@ -906,6 +981,19 @@ def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, duratio
         _check_decay_factors(frames, lam * (starts + decay_weighted_offset_s(durations, half_life_s) - reference),
                              notes)
     return factors, reference
+
+
+def _reference_from_decay_factors(frames: list[list[_Record]], starts: np.ndarray, durations: np.ndarray,
+                                  half_life_s: float) -> float | None:
+    """The decay reference (s from injection) the frames' DecayFactors were computed for, when every frame
+    states one and they agree: DecayFactor = exp(lam (frame reference time - decay reference)) (PS3.3
+    C.8.9.4.1.5, the reference time being the decay-weighted mean time of the frame); None otherwise."""
+    stated = np.array([frame[0].peek("decay_factor") or np.nan for frame in frames], dtype=np.float64)
+    if len(frames) < 2 or not np.all(np.isfinite(stated) & (stated > 0)):
+        return None
+    lam = math.log(2.0) / half_life_s
+    implied = starts + decay_weighted_offset_s(durations, half_life_s) - np.log(stated) / lam
+    return float(np.median(implied)) if np.ptp(implied) <= _REFERENCE_AGREEMENT / lam else None
 
 
 def _check_decay_factors(frames: list[list[_Record]], expected_log: np.ndarray, notes: list[str]) -> None:
@@ -1070,7 +1158,7 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
     for record in records:
         if (record.get("n_frames_in_file") or 1) != 1:
             raise InputError("a classic PET instance must hold one frame", record.path, _tag("NumberOfFrames"))
-    half_life_s = records[0].get("half_life_s", required=True)
+    half_life_s = _half_life(records[0], notes)
     if not PLAUSIBLE_HALF_LIFE_S[0] <= half_life_s <= PLAUSIBLE_HALF_LIFE_S[1]:
         raise InputError(f"half-life {half_life_s:g} s is outside the range of PET radionuclides "
                          f"({PLAUSIBLE_HALF_LIFE_S[0]:g}-{PLAUSIBLE_HALF_LIFE_S[1]:g} s)", records[0].path,

@@ -164,12 +164,15 @@ def test_philips_counts_with_activity_scale_factor(series_copy, rewrite):
     _assert_matches_truth(study, series_copy, rtol=2e-4)
 
 
-def test_injection_time_only_and_crossing_midnight(series_copy, rewrite):
-    """Only RadiopharmaceuticalStartTime, injection 23:59 and the scan after midnight."""
+@pytest.mark.parametrize("clock, acquisition_date", [("235950", True), ("235000", False)])
+def test_injection_time_only_and_crossing_midnight(series_copy, rewrite, clock, acquisition_date):
+    """Only RadiopharmaceuticalStartTime: injection at 23:59:50, the scan after midnight (the injection is the
+    day before the series date); or injection at 23:50, the scan crossing midnight with AcquisitionDate empty
+    (type 2), so that the frames after midnight take the series date and must be put on the next day."""
     first = pydicom.dcmread(next(series_copy.folder.glob("*.dcm")), stop_before_pixels=True)
     injection = dt.datetime.strptime(
         first.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartDateTime, "%Y%m%d%H%M%S.%f")
-    shift = dt.datetime(2024, 3, 9, 23, 59, 50) - injection
+    shift = dt.datetime.strptime("20240309" + clock, "%Y%m%d%H%M%S") - injection
 
     def shifted(date, time):
         when = dt.datetime.strptime(date + time, "%Y%m%d%H%M%S.%f") + shift
@@ -180,13 +183,15 @@ def test_injection_time_only_and_crossing_midnight(series_copy, rewrite):
             date, time = shifted(ds[prefix + "Date"].value, ds[prefix + "Time"].value)
             ds[prefix + "Date"].value, ds[prefix + "Time"].value = date, time
         item = ds.RadiopharmaceuticalInformationSequence[0]
-        item.RadiopharmaceuticalStartTime = "235950.000000"
+        item.RadiopharmaceuticalStartTime = clock
         del item.RadiopharmaceuticalStartDateTime
+        if not acquisition_date:
+            ds.AcquisitionDate = ""
 
     rewrite(series_copy.folder, move)
     study = load_dynamic_study(series_copy.folder)
     _assert_matches_truth(study, series_copy)
-    assert any("previous day" in note for note in study.notes)
+    assert any("previous day" in note for note in study.notes) == acquisition_date
 
 
 def test_identical_duplicate_file_is_skipped(series_copy, caplog):
@@ -237,17 +242,28 @@ def test_logs_carry_no_patient_identifiers(series_copy, caplog, rewrite):
         assert identifier not in text
 
 
-def test_series_time_rewritten_after_the_scan_falls_back_to_first_frame_start(series_copy, rewrite):
-    """A reprocessed series may carry a SeriesTime after the acquisition (QIBA SUV guidance): the START
-    reference is then the first frame start, which is where this series really started."""
-    def later_series_time(ds, frame, z):
-        ds.SeriesTime = (dt.datetime.strptime(ds.SeriesTime, "%H%M%S.%f") + dt.timedelta(hours=2)).strftime(
+@pytest.mark.parametrize("decay_factors", [True, False])
+@pytest.mark.parametrize("hours", [2, -0.15])
+def test_series_time_apart_from_the_scan_start_gives_the_start_reference_from_elsewhere(series_copy, rewrite,
+                                                                                        decay_factors, hours):
+    """A reprocessed series may carry a SeriesTime after the acquisition (QIBA SUV guidance), another writer
+    one 9 min before it: the START reference is where the DecayFactors of all frames agree it is, else (no
+    DecayFactor) the first frame start when SeriesTime is after it."""
+    def moved_series_time(ds, frame, z):
+        ds.SeriesTime = (dt.datetime.strptime(ds.SeriesTime, "%H%M%S.%f") + dt.timedelta(hours=hours)).strftime(
             "%H%M%S.%f")
+        if not decay_factors:
+            del ds.DecayFactor
 
-    rewrite(series_copy.folder, later_series_time)
+    rewrite(series_copy.folder, moved_series_time)
     study = load_dynamic_study(series_copy.folder)
-    _assert_matches_truth(study, series_copy)
-    assert any("reprocessed series" in note for note in study.notes)
+    if decay_factors or hours > 0:
+        _assert_matches_truth(study, series_copy)
+    else:  # nothing says SeriesTime is not the reference, which the standard makes it: 9 min of decay (5.5 %)
+        error = study.activity.max() / series_copy.activity.max() - 1
+        assert error == pytest.approx(np.expm1(-_lam(series_copy) * 0.15 * 3600), rel=0.01)
+    expected = "DecayFactors of all frames" if decay_factors else "reprocessed series"
+    assert any(expected in note for note in study.notes) == (decay_factors or hours > 0)
 
 
 def test_legacy_converted_enhanced_pet_reads_as_its_classic_source(written_series, tmp_path):
@@ -406,3 +422,63 @@ def test_lossy_compressed_source_is_reported_and_marks_the_maps(series_32, tmp_p
         assert ds.LossyImageCompression == "01"
         assert ds.LossyImageCompressionMethod == "ISO_15444_1"
         assert float(ds.LossyImageCompressionRatio) == pytest.approx(ratio)
+
+
+def _when(date: str, time: str) -> dt.datetime:
+    return dt.datetime.strptime(date + time, "%Y%m%d%H%M%S.%f")
+
+
+def test_scan_started_before_an_injection_given_as_time_only(series_copy, rewrite):
+    """Dynamic scans start before the bolus: an injection 20 s after SeriesTime, given as a time of day, is
+    that day's (not the day before's), and the first frame starts before it."""
+    def inject_after_series_start(ds, frame, z):
+        item = ds.RadiopharmaceuticalInformationSequence[0]
+        del item.RadiopharmaceuticalStartDateTime
+        item.RadiopharmaceuticalStartTime = (_when(ds.SeriesDate, ds.SeriesTime) + dt.timedelta(seconds=20)
+                                             ).strftime("%H%M%S.%f")
+
+    rewrite(series_copy.folder, inject_after_series_start)
+    study = load_dynamic_study(series_copy.folder)
+    np.testing.assert_allclose(study.frame_start_min * 60, series_copy.start_s - series_copy.series_start_s - 20,
+                               atol=1e-3)
+    assert not any("day)" in note for note in study.notes)
+    assert any("before the injection" in note for note in study.notes)
+
+
+def test_date_times_with_their_own_utc_offset_are_read_in_local_time(series_copy, rewrite):
+    """TimezoneOffsetFromUTC +0100 for the DA/TM values; the injection given in UTC (+0000) and every frame's
+    AcquisitionDateTime in -0500: the same instants, so the same times and activity as the plain series."""
+    def zoned(ds, frame, z):
+        ds.TimezoneOffsetFromUTC = "+0100"
+        item = ds.RadiopharmaceuticalInformationSequence[0]
+        injection = dt.datetime.strptime(item.RadiopharmaceuticalStartDateTime, "%Y%m%d%H%M%S.%f")
+        item.RadiopharmaceuticalStartDateTime = (injection - dt.timedelta(hours=1)).strftime("%Y%m%d%H%M%S.%f+0000")
+        acquired = _when(ds.AcquisitionDate, ds.AcquisitionTime) - dt.timedelta(hours=6)
+        ds.AcquisitionDateTime = acquired.strftime("%Y%m%d%H%M%S.%f-0500")
+
+    rewrite(series_copy.folder, zoned)
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+
+
+@pytest.mark.parametrize("meaning", ["^18^Fluorine", "F-18", None])
+def test_half_life_absent_is_taken_from_the_nuclide_code(series_copy, rewrite, meaning):
+    """RadionuclideHalfLife is type 3: without it the half-life of the nuclide the code sequence names is used
+    (the same activity as with it); with neither, a refusal naming the tag."""
+    def drop_half_life(ds, frame, z):
+        item = ds.RadiopharmaceuticalInformationSequence[0]
+        del item.RadionuclideHalfLife
+        if meaning is None:
+            del item.RadionuclideCodeSequence
+        else:
+            item.RadionuclideCodeSequence[0].CodeMeaning = meaning
+
+    rewrite(series_copy.folder, drop_half_life)
+    if meaning is None:
+        with pytest.raises(InputError, match="RadionuclideHalfLife"):
+            load_dynamic_study(series_copy.folder)
+        return
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    assert study.half_life_s == pytest.approx(series_copy.half_life_s, rel=1e-4)
+    assert any("the half-life of 18F" in note for note in study.notes)

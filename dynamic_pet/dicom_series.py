@@ -273,6 +273,13 @@ def _nuclide(item: pydicom.Dataset) -> str | None:
     return None if symbol is None else mass.group() + symbol
 
 
+def _attenuation_corrected(ds: pydicom.Dataset) -> bool:
+    """CorrectedImage holds ATTN (PET Series), or AttenuationCorrected is YES (Enhanced PET Corrections)."""
+    value = _raw(ds, "CorrectedImage") or []
+    terms = [value] if isinstance(value, str) else list(value)
+    return "ATTN" in (str(t).strip().upper() for t in terms) or _text(ds, "AttenuationCorrected") == "YES"
+
+
 def _decay_mode(ds: pydicom.Dataset) -> str | None:
     """The PET Series' DecayCorrection, else the Enhanced PET Corrections module's DecayCorrected: NO is
     ``NONE``, YES is ``DATETIME`` (corrected to DecayCorrectionDateTime)."""
@@ -355,6 +362,38 @@ def _is_deflated(ds: pydicom.Dataset) -> bool:
     return syntax is not None and syntax.is_deflated
 
 
+def _read_whole(ds: pydicom.Dataset) -> bool:
+    """Whether pixels must be decoded from the dataset read whole rather than from the file: pydicom's reader by
+    path handles neither a Deflated file nor one without a Part 10 header."""
+    return _is_deflated(ds) or getattr(ds, "preamble", b"") is None
+
+
+def _read(path: Path, **kwargs) -> pydicom.Dataset | None:
+    """The file read as DICOM, also without a Part 10 header (no preamble or file meta, as older systems and
+    raw dumps write): such a file counts when it holds SOP class and instance UIDs, a modality and pixel data,
+    and gets the transfer syntax its encoding shows; None for a file that is not DICOM."""
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError:
+        pass
+    try:
+        ds = pydicom.dcmread(path, force=True, **kwargs)
+        if not all(keyword in ds for keyword in ("SOPClassUID", "SOPInstanceUID", "Modality")) or \
+                (not kwargs.get("stop_before_pixels") and 0x7FE00010 not in ds):
+            return None
+        str(ds.SOPClassUID), str(ds.Modality)  # garbage read as DICOM fails here
+    except Exception:  # noqa: BLE001 - not DICOM at all
+        return None
+    if _transfer_syntax(ds) is None:
+        implicit, little = ds.original_encoding[:2]
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                          pydicom.uid.ExplicitVRLittleEndian if little else
+                                          pydicom.uid.ExplicitVRBigEndian)
+    ds.preamble = None
+    return ds
+
+
 def _lossy_compression(ds: pydicom.Dataset, path: Path) -> tuple[str, float] | None:
     """(method, ratio) when the pixel data have been lossy compressed, by LossyImageCompression 01 or a transfer
     syntax that is always lossy; None otherwise. The ratio is the header's (the largest of several steps) or,
@@ -405,6 +444,9 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "decay_factor": ("DecayFactor", lambda ds: _float(ds, "DecayFactor")),
     "half_life_s": ("RadionuclideHalfLife", lambda ds: _float(_radiopharmaceutical(ds), "RadionuclideHalfLife")),
     "nuclide": ("RadionuclideCodeSequence", lambda ds: _nuclide(_radiopharmaceutical(ds))),
+    "attenuation_corrected": ("CorrectedImage", _attenuation_corrected),
+    "series_label": ("SeriesDescription", lambda ds: f"series {_int(ds, 'SeriesNumber') or '?'} "
+                                                      f"'{str(_raw(ds, 'SeriesDescription') or '').strip()}'"),
     "dose_bq": ("RadionuclideTotalDose", _dose_bq),
     "weight_kg": ("PatientWeight", lambda ds: _float(ds, "PatientWeight")),
     "position": ("ImagePositionPatient", lambda ds: _floats(ds, "ImagePositionPatient", 3)),
@@ -414,7 +456,7 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "rows": ("Rows", lambda ds: _int(ds, "Rows")),
     "columns": ("Columns", lambda ds: _int(ds, "Columns")),
     "pixel_bytes": ("PixelData", _native_pixel_bytes),
-    "deflated": ("TransferSyntaxUID", _is_deflated),
+    "read_whole": ("TransferSyntaxUID", _read_whole),
     "slope": ("RescaleSlope", lambda ds: _rescale(ds, "RescaleSlope")),
     "intercept": ("RescaleIntercept", lambda ds: _rescale(ds, "RescaleIntercept")),
     "philips_scale": ("Philips (7053,1009) activity concentration scale factor", _philips_scale),
@@ -523,7 +565,10 @@ def _scan(root: Path) -> tuple[dict[str, list[_Record]], list[Path]]:
     unreadable: list[Path] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, defer_size=256)  # pixel data located, not loaded
+            ds = _read(path, defer_size=256)  # pixel data located, not loaded
+            if ds is None:
+                logger.debug("ignored, not a DICOM file: %s", path)
+                continue
             record = _Record(path, ds)
             if record.modality == "PT" and record.sop_class in PET_IMAGE_CLASSES:
                 _check_complete(ds, path)
@@ -531,9 +576,6 @@ def _scan(root: Path) -> tuple[dict[str, list[_Record]], list[Path]]:
                     for frame in _multiframe_records(path, ds):
                         by_series[frame.series_uid].append(frame)
                     continue
-        except InvalidDicomError:
-            logger.debug("ignored, not a DICOM file: %s", path)
-            continue
         except InputError:  # a readable multi-frame PET instance whose frames cannot be made out
             raise
         except Exception as exc:  # noqa: BLE001 - truncated / corrupt files are reported, not fatal here
@@ -590,10 +632,10 @@ def _multiframe_records(path: Path, ds: pydicom.Dataset) -> list[_Record]:
     """A record per frame of a multi-frame PET instance, its pixel-data length shared out over the frames and
     the instance's encoding (which its frame views, without file meta, do not show) recorded for each."""
     records = [_Record(path, view, frame) for frame, view in enumerate(frame_views(ds, path))]
-    stored, deflated, lossy = _native_pixel_bytes(ds), _is_deflated(ds), _lossy_compression(ds, path)
+    stored, read_whole, lossy = _native_pixel_bytes(ds), _read_whole(ds), _lossy_compression(ds, path)
     for record in records:
         record.values["pixel_bytes"] = None if stored is None else stored // len(records)  # drops the pad byte
-        record.values.update(deflated=deflated, lossy=lossy)
+        record.values.update(read_whole=read_whole, lossy=lossy)
     return records
 
 
@@ -648,21 +690,23 @@ def _select_series(by_series: dict[str, list[_Record]], root: Path, wanted: str 
     if not pet:
         raise InputError(f"no PET series (Modality PT) among the {len(by_series)} DICOM series found{hint}",
                          root, _tag("Modality"))
-    candidates = {uid: (_frame_count_estimate(records), len(records)) for uid, records in pet.items()
+    candidates = {uid: (bool(records[0].peek("attenuation_corrected")), _frame_count_estimate(records),
+                        len(records)) for uid, records in pet.items()
                   if _is_pet_image(records) and records[0].peek("series_type") != "GATED"}
-    candidates = {uid: key for uid, key in candidates.items() if key[0] > 1}
+    candidates = {uid: key for uid, key in candidates.items() if key[1] > 1}
     if not candidates:
         raise InputError(f"no dynamic PET series: each of the {len(pet)} PET series has a single time frame"
                          f"{hint}", pet[next(iter(pet))][0].path, _tag("NumberOfTimeSlices"))
     best = max(candidates.values())
     top = sorted(uid for uid, key in candidates.items() if key == best)
     if len(top) > 1:
-        raise InputError(f"{len(top)} dynamic PET series qualify equally ({best[0]} frames, {best[1]} "
-                         f"instances each): {', '.join(top)}; pass series_instance_uid to choose one",
+        listed = "; ".join(f"{pet[uid][0].peek('series_label')} {uid}" for uid in top)
+        raise InputError(f"{len(top)} dynamic PET series qualify equally ({best[1]} frames, {best[2]} "
+                         f"instances each): {listed}; choose one with --series-uid (PATLAK_SERIES_UID)",
                          root, _tag("SeriesInstanceUID"))
     if len(candidates) > 1:
-        notes.append(f"{len(candidates)} dynamic PET series found; chose the one with the most frames, "
-                     "then the most instances")
+        notes.append(f"{len(candidates)} dynamic PET series found; chose {pet[top[0]][0].peek('series_label')}: "
+                     "attenuation-corrected first, then the most frames, then the most instances")
     return pet[top[0]]
 
 
@@ -1037,8 +1081,7 @@ def _decode(record: _Record, shape: tuple[int, int]) -> np.ndarray:
     """Rescaled float64 pixel values of one file."""
     path = record.path
     try:
-        # from the path pydicom reads only what decoding needs; a Deflated file must be inflated whole first
-        source = pydicom.dcmread(path) if record.get("deflated") else path
+        source = _read(path) if record.get("read_whole") else path  # by path pydicom reads only the frame
         pixels = pixel_array(source, index=record.frame)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is an input problem of this file
         raise InputError(f"pixel data cannot be read ({type(exc).__name__}: {exc})", path,
@@ -1079,13 +1122,28 @@ def _read_instance(record: _Record, shape: tuple[int, int]) -> np.ndarray:
     return values
 
 
+def _header(path: Path) -> pydicom.Dataset:
+    """An instance's header without pixel data, every value decoded and each (nested) dataset marked little
+    endian, so the output writer can copy it into Explicit VR Little Endian files whatever the source's
+    encoding (pydicom refuses to re-encode a big-endian dataset as little endian)."""
+    ds = _read(path, stop_before_pixels=True)
+    for _ in ds.iterall():  # decodes every raw element with the encoding it was read in
+        pass
+    pending = [ds]
+    while pending:
+        current = pending.pop()
+        current.set_original_encoding(current.original_encoding[0], True, current.original_character_set)
+        pending += [item for element in current if element.VR == "SQ" for item in element.value]
+    return ds
+
+
 def _source_headers(first_frame: list[_Record]) -> tuple[list[pydicom.Dataset], pydicom.Dataset | None,
                                                           list[int] | None]:
     """The output writer's sources, the first time frame's slices: each instance's header; for a multi-frame
     instance its frames' views, with the instance's header and the 1-based frame numbers."""
     if first_frame[0].frame is None:
-        return [pydicom.dcmread(r.path, stop_before_pixels=True) for r in first_frame], None, None
-    header = pydicom.dcmread(first_frame[0].path, stop_before_pixels=True)
+        return [_header(r.path) for r in first_frame], None, None
+    header = _header(first_frame[0].path)
     views = frame_views(header, first_frame[0].path)
     return [views[r.frame] for r in first_frame], header, [r.frame + 1 for r in first_frame]
 

@@ -125,6 +125,7 @@ def test_two_equal_dynamic_series_are_ambiguous(tmp_path, write_series):
             for n in ("a", "b")}
     error = _refused(tmp_path, "SeriesInstanceUID", tmp_path, match="qualify equally")
     assert all(uid in str(error) for uid in uids)
+    assert "'second reconstruction'" in str(error) and "--series-uid" in str(error)
     study = load_dynamic_study(tmp_path, series_instance_uid=sorted(uids)[1])
     assert study.series_instance_uid == sorted(uids)[1]
     _refused(tmp_path, "SeriesInstanceUID", tmp_path, match="not in the input", series_instance_uid="1.2.3")

@@ -482,3 +482,53 @@ def test_half_life_absent_is_taken_from_the_nuclide_code(series_copy, rewrite, m
     _assert_matches_truth(study, series_copy)
     assert study.half_life_s == pytest.approx(series_copy.half_life_s, rel=1e-4)
     assert any("the half-life of 18F" in note for note in study.notes)
+
+
+def test_files_without_a_part10_header_are_read(series_copy):
+    """No preamble, no file meta (older systems, raw dumps): the same activity; stray files still ignored."""
+    for path in sorted(series_copy.folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.preamble = None
+        del ds.file_meta
+        ds.save_as(path, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    (series_copy.folder / "notes.txt").write_text("not DICOM\n" * 50)
+
+    study = load_dynamic_study(series_copy.folder)
+
+    _assert_matches_truth(study, series_copy)
+
+
+def test_big_endian_source_gives_little_endian_outputs(series_copy, tmp_path):
+    """Explicit VR Big Endian (retired, still in archives): the same activity, and the outputs, which copy the
+    source headers, are written as Explicit VR Little Endian."""
+    from dynamic_pet.parametric_dicom import write_parametric_outputs
+
+    for path in sorted(series_copy.folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+        ds.PixelData = pixels.astype(">i2").tobytes()
+        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+
+    study = load_dynamic_study(series_copy.folder)
+    _assert_matches_truth(study, series_copy)
+    written = write_parametric_outputs(study, {"ki": study.activity[-1] * 1e-4}, tmp_path / "out",
+                                       method_description="test")
+    for key in ("ki_pmap", "ki_pet"):
+        ds = pydicom.dcmread(written[key][0])
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert ds.PatientID == study.slice_datasets[0].PatientID
+
+
+def test_attenuation_corrected_series_is_chosen_over_its_uncorrected_twin(tmp_path, write_series, rewrite):
+    """Scanners store the AC and NAC reconstructions of one dynamic scan as two series alike in frames and
+    instances: the one whose CorrectedImage holds ATTN is used, and the note names it."""
+    write_series(tmp_path / "ac", series_description="AC dynamic")
+    nac = write_series(tmp_path / "nac", series_description="NAC dynamic")
+    rewrite(nac.folder, lambda ds, f, z: setattr(ds, "CorrectedImage", [t for t in ds.CorrectedImage if t != "ATTN"]))
+    ac_uid = pydicom.dcmread(next((tmp_path / "ac").glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
+
+    study = load_dynamic_study(tmp_path)
+
+    assert study.series_instance_uid == ac_uid
+    assert any("'AC dynamic'" in note and "attenuation-corrected first" in note for note in study.notes)

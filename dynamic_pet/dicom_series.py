@@ -1006,7 +1006,7 @@ def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, duratio
             reference = float(starts[0])
         with np.errstate(over="ignore"):
             factors = np.full(len(frames), np.exp(lam * reference))
-        notes.append(f"DecayCorrection START: decay-corrected from the series start ({reference:.1f} s after "
+        notes.append(f"DecayCorrection START: decay-corrected from the START reference ({reference:.1f} s after "
                      "injection) to the injection time")
     elif mode == "DATETIME":
         reference = (record.get("decay_dt", required=True) - injection).total_seconds()
@@ -1032,7 +1032,7 @@ def _reference_from_decay_factors(frames: list[list[_Record]], starts: np.ndarra
     """The decay reference (s from injection) the frames' DecayFactors were computed for, when every frame
     states one and they agree: DecayFactor = exp(lam (frame reference time - decay reference)) (PS3.3
     C.8.9.4.1.5, the reference time being the decay-weighted mean time of the frame); None otherwise."""
-    stated = np.array([frame[0].peek("decay_factor") or np.nan for frame in frames], dtype=np.float64)
+    stated = _decay_factors(frames)
     if len(frames) < 2 or not np.all(np.isfinite(stated) & (stated > 0)):
         return None
     lam = math.log(2.0) / half_life_s
@@ -1040,8 +1040,13 @@ def _reference_from_decay_factors(frames: list[list[_Record]], starts: np.ndarra
     return float(np.median(implied)) if np.ptp(implied) <= _REFERENCE_AGREEMENT / lam else None
 
 
+def _decay_factors(frames: list[list[_Record]]) -> np.ndarray:
+    """Each frame's DecayFactor (NaN where absent)."""
+    return np.array([frame[0].peek("decay_factor") or np.nan for frame in frames], dtype=np.float64)
+
+
 def _check_decay_factors(frames: list[list[_Record]], expected_log: np.ndarray, notes: list[str]) -> None:
-    stated = np.array([frame[0].peek("decay_factor") or np.nan for frame in frames], dtype=np.float64)
+    stated = _decay_factors(frames)
     with np.errstate(invalid="ignore", divide="ignore"):
         mismatch = np.abs(np.log(stated) - expected_log) > _DECAY_FACTOR_TOLERANCE
     if np.any(mismatch):

@@ -61,6 +61,7 @@ Units
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import re
@@ -273,11 +274,15 @@ def _nuclide(item: pydicom.Dataset) -> str | None:
     return None if symbol is None else mass.group() + symbol
 
 
+def corrected_image_terms(ds: pydicom.Dataset) -> list[str]:
+    """The terms of CorrectedImage (0028,0051) (pydicom gives a single value as a str, not a list)."""
+    value = _raw(ds, "CorrectedImage") or []
+    return [str(term).strip() for term in ([value] if isinstance(value, str) else value)]
+
+
 def _attenuation_corrected(ds: pydicom.Dataset) -> bool:
     """CorrectedImage holds ATTN (PET Series), or AttenuationCorrected is YES (Enhanced PET Corrections)."""
-    value = _raw(ds, "CorrectedImage") or []
-    terms = [value] if isinstance(value, str) else list(value)
-    return "ATTN" in (str(t).strip().upper() for t in terms) or _text(ds, "AttenuationCorrected") == "YES"
+    return "ATTN" in (t.upper() for t in corrected_image_terms(ds)) or _text(ds, "AttenuationCorrected") == "YES"
 
 
 def _decay_mode(ds: pydicom.Dataset) -> str | None:
@@ -456,7 +461,6 @@ _FIELDS: dict[str, tuple[str, Callable[[pydicom.Dataset], object]]] = {
     "rows": ("Rows", lambda ds: _int(ds, "Rows")),
     "columns": ("Columns", lambda ds: _int(ds, "Columns")),
     "pixel_bytes": ("PixelData", _native_pixel_bytes),
-    "read_whole": ("TransferSyntaxUID", _read_whole),
     "slope": ("RescaleSlope", lambda ds: _rescale(ds, "RescaleSlope")),
     "intercept": ("RescaleIntercept", lambda ds: _rescale(ds, "RescaleIntercept")),
     "philips_scale": ("Philips (7053,1009) activity concentration scale factor", _philips_scale),
@@ -538,10 +542,6 @@ class _Record:
             self.values["injection"] = exc
         except Exception as exc:  # noqa: BLE001 - e.g. a date at the edge of the calendar
             self.values["injection"] = InputError(f"value cannot be read ({exc})", path, _INJECTION_TAGS)
-        try:
-            self.values["lossy"] = _lossy_compression(ds, path)
-        except Exception as exc:  # noqa: BLE001 - a malformed ratio or method
-            self.values["lossy"] = InputError(f"value cannot be read ({exc})", path, _tag("LossyImageCompression"))
 
     def get(self, name: str, required: bool = False):
         """The parsed value; raises the stored InputError, or one for a missing required value."""
@@ -572,6 +572,7 @@ def _scan(root: Path) -> tuple[dict[str, list[_Record]], list[Path]]:
             record = _Record(path, ds)
             if record.modality == "PT" and record.sop_class in PET_IMAGE_CLASSES:
                 _check_complete(ds, path)
+                record.values.update(_encoding(ds, path))
                 if record.sop_class in MULTIFRAME_PET_STORAGE:
                     for frame in _multiframe_records(path, ds):
                         by_series[frame.series_uid].append(frame)
@@ -632,11 +633,21 @@ def _multiframe_records(path: Path, ds: pydicom.Dataset) -> list[_Record]:
     """A record per frame of a multi-frame PET instance, its pixel-data length shared out over the frames and
     the instance's encoding (which its frame views, without file meta, do not show) recorded for each."""
     records = [_Record(path, view, frame) for frame, view in enumerate(frame_views(ds, path))]
-    stored, read_whole, lossy = _native_pixel_bytes(ds), _read_whole(ds), _lossy_compression(ds, path)
+    stored, encoding = _native_pixel_bytes(ds), _encoding(ds, path)
     for record in records:
         record.values["pixel_bytes"] = None if stored is None else stored // len(records)  # drops the pad byte
-        record.values.update(read_whole=read_whole, lossy=lossy)
+        record.values.update(encoding)
     return records
+
+
+def _encoding(ds: pydicom.Dataset, path: Path) -> dict[str, object]:
+    """An instance's pixel encoding, for its record(s): whether it must be read whole to decode (``read_whole``)
+    and its lossy compression (``lossy``; an InputError against LossyImageCompression when unreadable)."""
+    try:
+        lossy = _lossy_compression(ds, path)
+    except Exception as exc:  # noqa: BLE001 - a malformed ratio or method
+        lossy = InputError(f"value cannot be read ({exc})", path, _tag("LossyImageCompression"))
+    return {"read_whole": _read_whole(ds), "lossy": lossy}
 
 
 def _check_complete(ds: pydicom.Dataset, path: Path) -> None:
@@ -1086,7 +1097,7 @@ def _decode(record: _Record, shape: tuple[int, int]) -> np.ndarray:
     """Rescaled float64 pixel values of one file."""
     path = record.path
     try:
-        source = _read(path) if record.get("read_whole") else path  # by path pydicom reads only the frame
+        source = _whole(path) if record.get("read_whole") else path  # by path pydicom reads only the frame
         pixels = pixel_array(source, index=record.frame)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is an input problem of this file
         raise InputError(f"pixel data cannot be read ({type(exc).__name__}: {exc})", path,
@@ -1104,6 +1115,13 @@ def _decode(record: _Record, shape: tuple[int, int]) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         raise InputError("pixel values are not finite (NaN or infinity)", path, _tag("PixelData"))
     return values
+
+
+@functools.lru_cache(maxsize=1)
+def _whole(path: Path) -> pydicom.Dataset:
+    """A file that must be read whole, kept until another is asked for: the frames of such a multi-frame
+    instance are decoded from one reading, not one each (cleared when the series is loaded)."""
+    return _read(path)
 
 
 def _read_instance(record: _Record, shape: tuple[int, int]) -> np.ndarray:
@@ -1237,16 +1255,19 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
     decay, reference = _decay_to_injection(frames, starts, ends - starts, injection, half_life_s,
                                            from_acquisition, notes)
     shape = (records[0].get("rows", required=True), records[0].get("columns", required=True))
-    first = _read_instance(frames[0][0], shape)  # checks Rows/Columns against real pixel data before allocating
-    activity = np.empty((len(frames), len(frames[0]), *shape), dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for f, frame in enumerate(frames):
-            for z, record in enumerate(frame):
-                scale = _unit_scale(record, reference, half_life_s) * decay[f]
-                activity[f, z] = (first if f == z == 0 else _read_instance(record, shape)) * scale
-                if not (np.isfinite(scale) and scale > 0 and np.all(np.isfinite(activity[f, z]))):
-                    raise InputError("decay or unit conversion gives non-finite values: injection time, "
-                                     "half-life or dose implausible", record.path, _INJECTION_TAGS)
+    try:
+        first = _read_instance(frames[0][0], shape)  # checks Rows/Columns against real pixel data before allocating
+        activity = np.empty((len(frames), len(frames[0]), *shape), dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for f, frame in enumerate(frames):
+                for z, record in enumerate(frame):
+                    scale = _unit_scale(record, reference, half_life_s) * decay[f]
+                    activity[f, z] = (first if f == z == 0 else _read_instance(record, shape)) * scale
+                    if not (np.isfinite(scale) and scale > 0 and np.all(np.isfinite(activity[f, z]))):
+                        raise InputError("decay or unit conversion gives non-finite values: injection time, "
+                                         "half-life or dose implausible", record.path, _INJECTION_TAGS)
+    finally:
+        _whole.cache_clear()  # a whole file read for decoding is not kept past the loading
     if records[0].get("units") != "BQML":
         notes.append(f"Units {records[0].get('units')} converted to Bq/mL")
     lossy = _lossy_summary(frames, notes)

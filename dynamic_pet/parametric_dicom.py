@@ -33,6 +33,7 @@ from pydicom.uid import PositronEmissionTomographyImageStorage
 from pydicom.valuerep import format_number_as_ds
 
 from dynamic_pet import __version__
+from dynamic_pet.dicom_series import corrected_image_terms
 from dynamic_pet.study import DynamicStudy
 
 MANUFACTURER = "dynamic_pet"
@@ -307,8 +308,7 @@ def _save(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
 def _corrected_image(source: pydicom.Dataset) -> list[str]:
     """The source's CorrectedImage terms but DECY (it needs a DecayFactor), plus those of a native Enhanced PET
     source's correction flags that are YES."""
-    value = source.get("CorrectedImage") or []
-    terms = [v for v in ([value] if isinstance(value, str) else value) if v != "DECY"]  # one value is a str
+    terms = [term for term in corrected_image_terms(source) if term != "DECY"]
     return terms + [term for keyword, term in _CORRECTION_TERMS.items()
                     if source.get(keyword) == "YES" and term not in terms]
 

@@ -5,7 +5,8 @@ python -m benchmarks.sampler_speed [--presets demo torso total-body] [--gpu-only
 
 Each preset's noiseless phantom study (the sampler's cost depends on the grid, not on the counts) is fitted
 by conventional Patlak once; then each sampler runs with the app's defaults (:mod:`dynamic_pet.samplers`)
-on each device, seed 0, and is timed from the Patlak quadratic to the maps (network, data steps, transfers;
+on each device, seed 0, and is timed from the Patlak fit to the maps (the data term on the prior's grid
+where the voxels are finer than its pixels, network, data steps, transfers;
 the prior's loading not included, the first call on a device is a warm-up and is not timed). On CUDA the
 peak allocated GPU memory is reported, and the maps are compared with the CPU's: the largest difference
 inside the body relative to each map's maximum (the stated tolerance is 1e-3 in float32, looser under
@@ -35,19 +36,21 @@ import torch
 from dynamic_pet import samplers
 from benchmarks.quality import true_input
 from dynamic_pet.diffusion_prior import DiffusionPrior
+from dynamic_pet.estimation import diffusion_draws
 from dynamic_pet.patlak import fit_patlak
-from phantom.presets import PRESETS
+from phantom.kinetics import F18_HALF_LIFE_S
 from phantom.simulate import simulate_study
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampler_speed.md"
 log = logging.getLogger("benchmarks.sampler_speed")
 
 
-def run(prior: DiffusionPrior, method: str, quad, axes, device: str) -> tuple[np.ndarray, np.ndarray, float]:
+def run(prior: DiffusionPrior, method: str, study, fit, device: str) -> tuple[np.ndarray, np.ndarray, float]:
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    ki, v = samplers.SAMPLERS[method](prior, quad, axes=axes, seed=0, device=device)
+    (ki, v), = diffusion_draws(prior, method, study.activity, true_input(study), fit, study.preset.voxel_mm,
+                               half_life_min=F18_HALF_LIFE_S / 60, seeds=[0], device=device)[0]
     if device == "cuda":
         torch.cuda.synchronize()
     return ki, v, time.perf_counter() - t0
@@ -96,7 +99,6 @@ def main(argv=None) -> int:
             continue
         study = simulate_study(preset, 0, 1.0, noise="none")
         fit = fit_patlak(study.activity, true_input(study))
-        axes = samplers.slice_axes(PRESETS[preset].voxel_mm)
         body = fit.quadratic.body_mask.astype(bool)
         shape = " x ".join(map(str, study.activity.shape[1:]))
         for method in args.methods:
@@ -108,9 +110,9 @@ def main(argv=None) -> int:
                     priors[device] = DiffusionPrior(device=device, autocast=args.autocast)
                 prior = priors[device]
                 if device == "cuda":
-                    run(prior, method, fit.quadratic, axes, device)  # warm-up: kernels, allocator
+                    run(prior, method, study, fit, device)  # warm-up: kernels, allocator
                     torch.cuda.reset_peak_memory_stats()
-                ki, v, seconds = run(prior, method, fit.quadratic, axes, device)
+                ki, v, seconds = run(prior, method, study, fit, device)
                 peak = f"{torch.cuda.max_memory_allocated() / 2 ** 20:.0f}" if device == "cuda" else "-"
                 if device == "cpu":
                     cpu_maps, diff = (ki, v), "-"

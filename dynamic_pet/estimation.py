@@ -50,18 +50,46 @@ def estimate(study: DynamicStudy, inp: InputFunction, *, method: str = "patlak",
     if method == "patlak":
         return ParametricResult("patlak", fit.ki, fit.v, fit)
     from .diffusion_prior import DiffusionPrior  # torch and the network only when a prior is asked for
-    from . import samplers
 
     prior = DiffusionPrior(model_dir, device=device)
-    run = samplers.SAMPLERS[method]
     t0 = time.perf_counter()
-    axes = samplers.slice_axes(study.spacing_mm)
-    draws = [run(prior, fit.quadratic, axes=axes, seed=seed + k, device=device, progress=progress)
-             for k in range(max(1, samples))]
+    draws, grid = diffusion_draws(prior, method, study.activity, inp, fit, study.spacing_mm,
+                                  half_life_min=study.half_life_s / 60.0,
+                                  seeds=[seed + k for k in range(max(1, samples))], device=device, progress=progress)
     ki = np.mean([d[0] for d in draws], axis=0).astype(np.float32)
     v = np.mean([d[1] for d in draws], axis=0).astype(np.float32)
     ki_sd = np.std([d[0] for d in draws], axis=0, ddof=1).astype(np.float32) if samples > 1 else None
     details = {"samples": max(1, samples), "seed": seed, "device": device,
-               "prior_weights_sha256": prior.weights_sha256, "slice_axes": list(axes),
+               "prior_weights_sha256": prior.weights_sha256, **grid,
                "sampler_seconds": round(time.perf_counter() - t0, 2)}
     return ParametricResult(method, ki, v, fit, ki_sd, details)
+
+
+def diffusion_draws(prior, method: str, activity: np.ndarray, inp: InputFunction, fit: PatlakFit, spacing_mm, *,
+                    half_life_min: float, seeds, device=None, progress=None) -> tuple[list, dict]:
+    """(Ki, V) maps of the ``method`` sampler on the study's grid, one pair per seed, and how they were made.
+
+    Where the study's voxels are finer than the prior's pixels, the data term is refitted and sampled on the
+    prior's grid and the maps interpolated back (:mod:`dynamic_pet.prior_grid`).
+    """
+    from . import prior_grid, samplers
+
+    shape = prior_grid.prior_grid_shape(activity.shape[1:], spacing_mm, prior.config.pixel_mm[0])
+    quad, spacing = fit.quadratic, tuple(float(s) for s in spacing_mm)
+    if shape is not None:
+        quad = prior_grid.quadratic_on_grid(activity, inp, fit.frames_used, shape, half_life_min=half_life_min,
+                                            body_mask=fit.quadratic.body_mask)
+        spacing = tuple(s * n / m for s, n, m in zip(spacing, activity.shape[1:], shape))
+        log.info("prior grid: %s voxels of %s mm (study %s of %s mm)", "x".join(map(str, shape)),
+                 "x".join(f"{s:.2f}" for s in spacing), "x".join(map(str, activity.shape[1:])),
+                 "x".join(f"{s:.2f}" for s in spacing_mm))
+    axes = samplers.slice_axes(spacing)
+    draws = []
+    for seed in seeds:
+        maps = samplers.SAMPLERS[method](prior, quad, axes=axes, seed=seed, device=device, progress=progress)
+        if shape is not None:
+            maps = prior_grid.to_study_grid(maps, (fit.ki, fit.v), fit.quadratic.body_mask)
+        draws.append(maps)
+    grid = {"slice_axes": list(axes), "prior_grid_shape": list(shape) if shape else None,
+            "prior_grid_spacing_mm": [round(s, 3) for s in spacing]}
+    return draws, grid

@@ -118,13 +118,23 @@ def fit_patlak(activity: np.ndarray, inp: InputFunction, *, half_life_min: float
     a = design_matrix(inp, frames)
     w = frame_weights(inp.frame_start_min[frames], inp.frame_end_min[frames], half_life_min) if weighted \
         else np.ones(frames.size)
+    quad, r2 = patlak_quadratic(activity, frames, a, w, body_mask, chunk_slices)
+    log.info("Patlak: t* = %.2f min, %d frames, %d body voxels", t_star_min, frames.size, int(quad.body_mask.sum()))
+    theta = quad.theta_hat
+    return PatlakFit(ki=theta[0], v=theta[1], r2=r2, quadratic=quad, t_star_min=t_star_min, frames_used=frames)
+
+
+def patlak_quadratic(activity: np.ndarray, frames: np.ndarray, a: np.ndarray, w: np.ndarray,
+                     body_mask: np.ndarray | None = None,
+                     chunk_slices: int = 16) -> tuple[PatlakQuadratic, np.ndarray]:
+    """The weighted least-squares fit of ``frames`` (:func:`solve_patlak`) as the per-voxel quadratic data
+    term, with the noise level from the residuals; also returns the weighted R^2."""
     theta, r2, var = solve_patlak(activity, frames, a, w, chunk_slices)
     if body_mask is None:
         body_mask = body_mask_from_activity(mean_of_frames(activity, frames))
     inv_var = _inverse_noise_variance(var, body_mask)
-    quad = PatlakQuadratic(theta_hat=theta, gram=a.T @ (w[:, None] * a), inv_var=inv_var, body_mask=body_mask)
-    log.info("Patlak: t* = %.2f min, %d frames, %d body voxels", t_star_min, frames.size, int(body_mask.sum()))
-    return PatlakFit(ki=theta[0], v=theta[1], r2=r2, quadratic=quad, t_star_min=t_star_min, frames_used=frames)
+    gram = a.T @ (w[:, None] * a)
+    return PatlakQuadratic(theta_hat=theta, gram=gram, inv_var=inv_var, body_mask=body_mask), r2
 
 
 def solve_patlak(activity: np.ndarray, frames: np.ndarray, a: np.ndarray, w: np.ndarray,

@@ -48,6 +48,9 @@ class ScoreNetConfig:
     robust_level:
         Where the training volumes' robust maximum (99.9th percentile in the body) sits, as a fraction
         of the [lo, hi] range (median over training phantoms); the samplers scale Ki and V to match.
+    pixel_mm:
+        (smallest, largest) pixel side of the training slices in mm; the samplers put a study with finer
+        voxels on a grid of the smallest (``dynamic_pet.prior_grid``).
     """
 
     channels: tuple[int, ...] = (16, 32, 64, 64)
@@ -60,6 +63,7 @@ class ScoreNetConfig:
     suv_max: float = 16.0
     value_range: tuple[float, float] = (-1.0, 1.0)
     robust_level: float = 0.8
+    pixel_mm: tuple[float, float] = (3.5, 4.0)
 
     @property
     def size_multiple(self) -> int:

@@ -103,6 +103,13 @@ def load_volumes(presets: tuple[str, ...], seeds: list[range], count_level: floa
     return out
 
 
+def training_pixel_mm(presets) -> tuple[float, float]:
+    """(smallest, largest) in-plane pixel side of the training presets' slices, in mm."""
+    from phantom.presets import PRESETS
+    sides = [s for p in presets for s in PRESETS[p].voxel_mm[1:]]
+    return (min(sides), max(sides))
+
+
 def robust_level(volumes: list[np.ndarray], net_cfg: ScoreNetConfig) -> float:
     """Median over volumes of the body's 99.9th percentile in the model's [0, 1] scale (for the samplers)."""
     return float(np.median([np.percentile(v[v > 0.2], 99.9) / net_cfg.suv_max for v in volumes]))
@@ -240,6 +247,8 @@ high-count static FDG PET slices, used as the prior of the Patlak Ki and V sampl
   {list(net.value_range)} (background = {net.value_range[0]:g}). The training volumes' robust maximum (99.9th
   percentile in the body) sits at `robust_level` = {net.robust_level:g} of that range (median over training
   phantoms); the samplers scale Ki and V so that their own robust maxima land there.
+- Pixel size: training slices have {net.pixel_mm[0]:g}-{net.pixel_mm[1]:g} mm pixels (`pixel_mm`); a study with finer
+  voxels is sampled on a {net.pixel_mm[0]:g} mm grid and the maps interpolated back (`dynamic_pet/prior_grid.py`).
 
 ## Training data
 Digital phantom static images only (`phantom.static_images.static_training_slices`: the 50-60 min frame at
@@ -292,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     volumes = load_volumes(cfg.presets, [range(n) for n in cfg.seeds_per_preset], cfg.count_level)
     (val_volume,) = load_volumes(("demo",), [range(cfg.validation_seed, cfg.validation_seed + 1)], cfg.count_level)
-    net_cfg = ScoreNetConfig(robust_level=round(robust_level(volumes, ScoreNetConfig()), 3))
+    net_cfg = ScoreNetConfig(robust_level=round(robust_level(volumes, ScoreNetConfig()), 3),
+                             pixel_mm=training_pixel_mm(cfg.presets))
     train_slices = [s for v in volumes for s in v]
     rows: list[dict] = []
     net, done = train(train_slices, list(val_volume), net_cfg, cfg, rows)

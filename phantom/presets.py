@@ -23,6 +23,9 @@ PRESETS = {
     "demo": Preset("demo", (48, 96, 96), (4.0, 4.0, 4.0), (400.0, 592.0), 5.0, 96, 0.01),
     # Aortic arch to kidneys.
     "torso": Preset("torso", (96, 128, 128), (4.0, 3.5, 3.5), (330.0, 714.0), 4.5, 128, 0.01),
+    # The demo's anatomy and scanner on a 2 mm grid, as current scanners reconstruct on fine matrices: a pixel
+    # size the prior was not trained at (its training presets have 3.5-4 mm pixels).
+    "demo-2mm": Preset("demo-2mm", (96, 192, 192), (2.0, 2.0, 2.0), (400.0, 592.0), 5.0, 192, 0.01),
     # Vertex to mid-thigh on a long axial field of view (total-body scanner: higher sensitivity, resolution).
     "total-body": Preset("total-body", (400, 192, 192), (3.0, 3.0, 3.0), (0.0, 1200.0), 3.5, 192, 0.05),
 }

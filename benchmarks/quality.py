@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["patlak", "gauss", "hypr", "reddiff", "hqs"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    argv_given = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     prior = None
@@ -260,7 +262,8 @@ def main(argv=None) -> int:
             "as fractions; seconds of estimation on this machine (2 CPU cores).", "",
             *summarise(rows, args.methods, args.doses), "", "## Acceptance checks", "",
             *criteria(rows, args.doses), "", "![slices](quality.png)", "",
-            "Regenerate: `.venv/bin/python -m benchmarks.quality` (writes this file)."]
+            f"Regenerate: `.venv/bin/python -m benchmarks.quality{''.join(' ' + a for a in argv_given)}` (writes this "
+            "file)."]
     (args.out / "quality.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
     return 0

@@ -39,7 +39,6 @@ from skimage.metrics import structural_similarity
 from dynamic_pet.input_function import InputFunction
 from dynamic_pet.patlak import fit_patlak
 from phantom.anatomy import LABELS, LESION_BASE
-from phantom.kinetics import F18_HALF_LIFE_S
 from phantom.presets import PRESETS
 from phantom.simulate import simulate_study
 
@@ -99,8 +98,7 @@ def estimate(method: str, activity, inp, sigmas: dict, device: str, prior=None, 
         fit = fit_patlak(hypr_lr(activity, fit.frames_used, HYPR_SIGMA_VOXELS), inp)
         return fit.ki, fit.v
     from dynamic_pet.estimation import diffusion_draws
-    draws, _ = diffusion_draws(prior, method, activity, inp, fit, spacing_mm, half_life_min=F18_HALF_LIFE_S / 60,
-                               seeds=[0], device=device)
+    draws, _ = diffusion_draws(prior, method, activity, fit, spacing_mm, seeds=[0], device=device)
     return draws[0]
 
 

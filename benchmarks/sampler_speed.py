@@ -38,7 +38,6 @@ from benchmarks.quality import true_input
 from dynamic_pet.diffusion_prior import DiffusionPrior
 from dynamic_pet.estimation import diffusion_draws
 from dynamic_pet.patlak import fit_patlak
-from phantom.kinetics import F18_HALF_LIFE_S
 from phantom.simulate import simulate_study
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampler_speed.md"
@@ -49,8 +48,8 @@ def run(prior: DiffusionPrior, method: str, study, fit, device: str) -> tuple[np
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    (ki, v), = diffusion_draws(prior, method, study.activity, true_input(study), fit, study.preset.voxel_mm,
-                               half_life_min=F18_HALF_LIFE_S / 60, seeds=[0], device=device)[0]
+    (ki, v), = diffusion_draws(prior, method, study.activity, fit, study.preset.voxel_mm, seeds=[0],
+                               device=device)[0]
     if device == "cuda":
         torch.cuda.synchronize()
     return ki, v, time.perf_counter() - t0

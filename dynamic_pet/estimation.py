@@ -53,8 +53,7 @@ def estimate(study: DynamicStudy, inp: InputFunction, *, method: str = "patlak",
 
     prior = DiffusionPrior(model_dir, device=device)
     t0 = time.perf_counter()
-    draws, grid = diffusion_draws(prior, method, study.activity, inp, fit, study.spacing_mm,
-                                  half_life_min=study.half_life_s / 60.0,
+    draws, grid = diffusion_draws(prior, method, study.activity, fit, study.spacing_mm,
                                   seeds=[seed + k for k in range(max(1, samples))], device=device, progress=progress)
     ki = np.mean([d[0] for d in draws], axis=0).astype(np.float32)
     v = np.mean([d[1] for d in draws], axis=0).astype(np.float32)
@@ -65,8 +64,8 @@ def estimate(study: DynamicStudy, inp: InputFunction, *, method: str = "patlak",
     return ParametricResult(method, ki, v, fit, ki_sd, details)
 
 
-def diffusion_draws(prior, method: str, activity: np.ndarray, inp: InputFunction, fit: PatlakFit, spacing_mm, *,
-                    half_life_min: float, seeds, device=None, progress=None) -> tuple[list, dict]:
+def diffusion_draws(prior, method: str, activity: np.ndarray, fit: PatlakFit, spacing_mm, *, seeds, device=None,
+                    progress=None) -> tuple[list, dict]:
     """(Ki, V) maps of the ``method`` sampler on the study's grid, one pair per seed, and how they were made.
 
     Where the study's voxels are finer than the prior's pixels, the data term is refitted and sampled on the
@@ -77,8 +76,7 @@ def diffusion_draws(prior, method: str, activity: np.ndarray, inp: InputFunction
     shape = prior_grid.prior_grid_shape(activity.shape[1:], spacing_mm, prior.config.pixel_mm[0])
     quad, spacing = fit.quadratic, tuple(float(s) for s in spacing_mm)
     if shape is not None:
-        quad = prior_grid.quadratic_on_grid(activity, inp, fit.frames_used, shape, half_life_min=half_life_min,
-                                            body_mask=fit.quadratic.body_mask)
+        quad = prior_grid.quadratic_on_grid(activity, fit, shape)
         spacing = tuple(s * n / m for s, n, m in zip(spacing, activity.shape[1:], shape))
         log.info("prior grid: %s voxels of %s mm (study %s of %s mm)", "x".join(map(str, shape)),
                  "x".join(f"{s:.2f}" for s in spacing), "x".join(map(str, activity.shape[1:])),

@@ -54,6 +54,8 @@ class PatlakFit:
     quadratic: PatlakQuadratic
     t_star_min: float
     frames_used: np.ndarray  # indices of the frames with start >= t*
+    design: np.ndarray  # (n, 2) regressors of the frames used (:func:`design_matrix`)
+    weights: np.ndarray  # (n,) their weights in the fit
 
 
 def select_frames(inp: InputFunction, t_star_min: float | None = None) -> tuple[float, np.ndarray]:
@@ -121,7 +123,8 @@ def fit_patlak(activity: np.ndarray, inp: InputFunction, *, half_life_min: float
     quad, r2 = patlak_quadratic(activity, frames, a, w, body_mask, chunk_slices)
     log.info("Patlak: t* = %.2f min, %d frames, %d body voxels", t_star_min, frames.size, int(quad.body_mask.sum()))
     theta = quad.theta_hat
-    return PatlakFit(ki=theta[0], v=theta[1], r2=r2, quadratic=quad, t_star_min=t_star_min, frames_used=frames)
+    return PatlakFit(ki=theta[0], v=theta[1], r2=r2, quadratic=quad, t_star_min=t_star_min, frames_used=frames,
+                     design=a, weights=w)
 
 
 def patlak_quadratic(activity: np.ndarray, frames: np.ndarray, a: np.ndarray, w: np.ndarray,

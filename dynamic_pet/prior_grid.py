@@ -21,8 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .input_function import InputFunction
-from .patlak import PatlakQuadratic, design_matrix, frame_weights, patlak_quadratic
+from .patlak import PatlakFit, PatlakQuadratic, patlak_quadratic
 
 # Voxel sides down to the prior's smallest training pixel divided by this are sampled on the study's own grid.
 PIXEL_TOLERANCE = 1.15
@@ -52,16 +51,13 @@ def resample(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return x[0, 0].numpy()
 
 
-def quadratic_on_grid(activity: np.ndarray, inp: InputFunction, frames: np.ndarray, shape: tuple[int, int, int],
-                      *, half_life_min: float, body_mask: np.ndarray) -> PatlakQuadratic:
-    """The Patlak data term of ``frames`` of ``activity`` (T, Z, Y, X), each frame resampled to ``shape`` (the
-    noise level comes from the fit's residuals on that grid); the body is where ``body_mask`` covers at least
-    half of a new voxel."""
-    a = design_matrix(inp, frames)
-    w = frame_weights(inp.frame_start_min[frames], inp.frame_end_min[frames], half_life_min)
-    coarse = np.stack([resample(activity[f], shape) for f in frames])
-    body = resample(body_mask.astype(np.float32), shape) >= 0.5
-    return patlak_quadratic(coarse, np.arange(frames.size), a, w, body)[0]
+def quadratic_on_grid(activity: np.ndarray, fit: PatlakFit, shape: tuple[int, int, int]) -> PatlakQuadratic:
+    """The data term of ``fit`` refitted with the frames it used, each resampled from ``activity`` (T, Z, Y, X)
+    to ``shape`` (the noise level comes from the residuals on that grid); the body is where the fit's body
+    mask covers at least half of a new voxel."""
+    coarse = np.stack([resample(activity[f], shape) for f in fit.frames_used])
+    body = resample(fit.quadratic.body_mask.astype(np.float32), shape) >= 0.5
+    return patlak_quadratic(coarse, np.arange(fit.frames_used.size), fit.design, fit.weights, body)[0]
 
 
 def to_study_grid(maps: tuple[np.ndarray, ...], study_maps: tuple[np.ndarray, ...],

@@ -12,7 +12,6 @@ from dynamic_pet.estimation import diffusion_draws
 from dynamic_pet.patlak import fit_patlak
 from dynamic_pet.prior_grid import prior_grid_shape, resample
 from models.score_network import DEFAULT_MODEL_DIR, WEIGHTS_FILE
-from phantom.kinetics import F18_HALF_LIFE_S
 from phantom.simulate import simulate_study
 
 torch.set_num_threads(1)
@@ -61,8 +60,7 @@ def test_a_finer_copy_of_a_study_keeps_the_quality_of_the_original():
 
     def run(activity, spacing):
         fit = fit_patlak(activity, inp)
-        draws, grid = diffusion_draws(prior, "reddiff", activity, inp, fit, spacing,
-                                      half_life_min=F18_HALF_LIFE_S / 60, seeds=[0])
+        draws, grid = diffusion_draws(prior, "reddiff", activity, fit, spacing, seeds=[0])
         return draws[0], grid
 
     (ki, v), grid = run(act, (4.0, 4.0, 4.0))

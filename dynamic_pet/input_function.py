@@ -15,6 +15,7 @@ sampled curve covers it.
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,9 @@ import numpy as np
 from .errors import InputError
 
 CSV_COLUMNS = ("frame_start_s", "frame_end_s", "cp_bq_per_ml")
+# Units a CSV column name may end in, with the factor to minutes and to Bq/mL.
+CSV_TIME_UNITS = {"s": 1 / 60, "sec": 1 / 60, "min": 1.0}
+CSV_ACTIVITY_UNITS = {"bq_per_ml": 1.0, "kbq_per_ml": 1e3, "mbq_per_ml": 1e6, "bq_per_cc": 1.0, "kbq_per_cc": 1e3}
 MAX_LEAD_IN_MIN = 3.0  # an FDG bolus peaks in the first 1-2 min; the peak check below uses 3 min too
 FLAG_UNCOVERED_MIN = 0.5  # a lead-in or gap longer than this is reported when it had to be interpolated
 
@@ -87,40 +91,67 @@ def require_early_measurement(first_min: float, what: str, path: str | Path | No
             "the injection time)", path=path, tag="(0018,1078) RadiopharmaceuticalStartDateTime")
 
 
+def _csv_columns(names) -> dict[str, tuple[str, float]]:
+    """The CSV's columns by quantity (``frame_start``, ``frame_end``, ``time``, ``cp``): (column name, factor to
+    minutes or Bq/mL). A name is the quantity and its unit, matched without regard to case, spaces, brackets or
+    '/' for 'per': ``time_s``, ``Time (min)``, ``cp_bq_per_ml``, ``Cp [kBq/mL]``."""
+    found = {}
+    for name in names:
+        key = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("/", "_per_")).strip("_")
+        for qty, units in (("frame_start", CSV_TIME_UNITS), ("frame_end", CSV_TIME_UNITS),
+                           ("time", CSV_TIME_UNITS), ("cp", CSV_ACTIVITY_UNITS)):
+            if key.startswith(qty + "_") and key[len(qty) + 1:] in units:
+                found.setdefault(qty, (name, units[key[len(qty) + 1:]]))
+    return found
+
+
 def read_input_function_csv(path: str | Path, frame_start_min: np.ndarray,
                             frame_end_min: np.ndarray) -> InputFunction:
     """Read a CSV input function and put it on the study's frames.
 
     The CSV has columns ``frame_start_s, frame_end_s, cp_bq_per_ml`` (seconds from injection, Bq/mL
     decay-corrected to injection), as this product writes it, or ``time_s, cp_bq_per_ml`` samples (e.g. an
-    arterial blood curve), joined linearly. Frames other than the study's, and samples, are integrated over
-    the study's frames and over the time they leave uncovered (:func:`on_frames`). Refused when the curve
-    starts more than ``MAX_LEAD_IN_MIN`` after the injection or ends before the study's last frame.
+    arterial blood curve), joined linearly. Each name may carry another unit (times in s or min, activity in
+    Bq, kBq or MBq per mL) and be written as a spreadsheet would (``Time (min)``, ``Cp [kBq/mL]``); the file
+    may start with a byte-order mark and use ';' or tabs between values. Frames other than the study's, and
+    samples, are integrated over the study's frames and over the time they leave uncovered
+    (:func:`on_frames`). Refused when the curve starts more than ``MAX_LEAD_IN_MIN`` after the injection or
+    ends before the study's last frame.
     """
     path = Path(path)
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+        try:
+            dialect = csv.Sniffer().sniff(text.partition("\n")[0], delimiters=",;\t")
+        except csv.Error:  # one column, or no delimiter the sniffer is sure of
+            dialect = csv.excel
+        reader = csv.DictReader(text.splitlines(), dialect=dialect)
+        rows, names = list(reader), list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read the input-function CSV: {exc}", path=path) from exc
     if not rows:
         raise InputError("the input-function CSV has no rows", path=path)
-    cols = set(rows[0])
+    cols = _csv_columns(names)
+    framed = {"frame_start", "frame_end", "cp"} <= cols.keys()
+    if not (framed or {"time", "cp"} <= cols.keys()):
+        raise InputError(f"the input-function CSV needs columns {', '.join(CSV_COLUMNS)} or "
+                         f"time_s, cp_bq_per_ml (or the same with units min, kBq_per_mL, MBq_per_mL); "
+                         f"found {', '.join(names)}", path=path)
+
+    def column(qty: str) -> np.ndarray:
+        name, factor = cols[qty]
+        return np.array([float(r[name]) for r in rows]) * factor
+
     try:
-        if {"frame_start_s", "frame_end_s", "cp_bq_per_ml"} <= cols:
-            start = np.array([float(r["frame_start_s"]) for r in rows]) / 60
-            end = np.array([float(r["frame_end_s"]) for r in rows]) / 60
-            c = np.array([float(r["cp_bq_per_ml"]) for r in rows])
+        if framed:
+            start, end, c = column("frame_start"), column("frame_end"), column("cp")
             t, last = start, end[-1]
             valid = np.all(end > start)
-        elif {"time_s", "cp_bq_per_ml"} <= cols:
-            t = np.array([float(r["time_s"]) for r in rows]) / 60
-            c = np.array([float(r["cp_bq_per_ml"]) for r in rows])
-            start, last, valid = None, t[-1], True
         else:
-            raise InputError(f"the input-function CSV needs columns {', '.join(CSV_COLUMNS)} or "
-                             f"time_s, cp_bq_per_ml; found {', '.join(sorted(cols))}", path=path)
-    except ValueError as exc:
+            t, c = column("time"), column("cp")
+            start, last, valid = None, t[-1], True
+    except (ValueError, TypeError) as exc:
         raise InputError(f"non-numeric value in the input-function CSV: {exc}", path=path) from exc
     if not (valid and np.all(np.isfinite(c)) and np.all(np.isfinite(t))) or np.any(np.diff(t) <= 0):
         raise InputError("the input-function CSV needs finite values at strictly increasing times (and frames "

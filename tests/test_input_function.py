@@ -116,6 +116,33 @@ def test_blood_samples_give_the_patlak_integral(plasma):
     assert 0.005 < worst < 0.1, worst
 
 
+def test_blood_sample_csv_as_spreadsheets_write_it(plasma, tmp_path):
+    """The same blood samples written as this product documents them and as a site's spreadsheet would (minutes
+    and kBq/mL named in brackets, ';' between values, a UTF-8 byte-order mark, tabs) give the same curve on the
+    study's frames; a row with a value missing is refused, naming the file."""
+    schedule = FrameSchedule.from_blocks(DEFAULT_SCHEDULE)
+    start, end = schedule.start_s / 60, schedule.end_s / 60
+    t_s = np.concatenate([np.arange(5, 185, 5), [240, 300, 450, 600, 900, 1200, 1800, 2400, 3000, 3600]])
+    cp = plasma(t_s / 60)
+
+    def read(name: str, header: str, rows, *, sep: str = ",", encoding: str = "utf-8"):
+        path = tmp_path / name
+        path.write_text("\n".join([header] + [sep.join(f"{v:.10g}" for v in r) for r in rows]) + "\n",
+                        encoding=encoding)
+        return read_input_function_csv(path, start, end)
+
+    plain = read("plain.csv", "time_s,cp_bq_per_ml", zip(t_s, cp))
+    assert np.allclose(plain.cp_frame_mean, on_frames(sampled_integral(t_s / 60, cp), start, end).cp_frame_mean)
+    for other in (read("excel.csv", "Time (min);Cp [kBq/mL]", zip(t_s / 60, cp / 1e3), sep=";",
+                       encoding="utf-8-sig"),
+                  read("tabs.tsv", "time_sec\tcp_MBq/mL", zip(t_s, cp / 1e6), sep="\t")):
+        np.testing.assert_allclose(other.cp_frame_mean, plain.cp_frame_mean, rtol=1e-8)
+        np.testing.assert_allclose(other.uncovered_area, plain.uncovered_area, rtol=1e-8)
+    with pytest.raises(InputError, match="non-numeric value") as err:
+        read("short.csv", "time_s,cp_bq_per_ml", [(t, c) for t, c in zip(t_s, cp)][:-1] + [(3600,)])
+    assert "short.csv" in str(err.value)
+
+
 # ------------------------------------------------------------------ a blood-pool region given by the user
 
 def segmentation(study_folder, frame: int, mask: np.ndarray, out, *, labels=("Descending aorta",),

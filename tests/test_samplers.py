@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from dynamic_pet.diffusion_prior import DiffusionPrior
 from dynamic_pet.patlak import PatlakQuadratic
-from dynamic_pet.samplers import _eps, hqs, red_diff, scale_problem, slice_axes
+from dynamic_pet.samplers import _eps, descending_steps, hqs, red_diff, scale_problem, slice_axes
 from models.score_network import DEFAULT_MODEL_DIR, WEIGHTS_FILE, ScoreNetConfig, build_network
 
 torch.set_num_threads(1)
@@ -110,6 +110,20 @@ def test_zero_prior_weight_returns_the_conventional_estimate(problem, tiny_prior
     for ki, v in (red_diff(tiny_prior, quad, steps=2, lam=0.0), hqs(tiny_prior, quad, steps=3, lam=0.0)):
         np.testing.assert_allclose(ki, quad.theta_hat[0], rtol=0, atol=1e-4 * np.abs(ki).max())
         np.testing.assert_allclose(v, quad.theta_hat[1], rtol=0, atol=1e-4 * np.abs(v).max())
+
+
+def test_red_diff_at_full_step_on_hqs_schedule_is_hqs(problem, tiny_prior):
+    """RED-diff's Newton step of length 1 with lam_t = lam / sigmabar_t^2 is HQS's closed-form data step, and both
+    draw fresh noise each step in the same order (HQS zeta = 1): on HQS's schedule they give the same maps. A
+    step below 1 (RED-diff's running average over the noise draws) does not."""
+    quad, _ = problem
+    ref = hqs(tiny_prior, quad, steps=5, t_start=60, lam=1.0, seed=2)
+    same = red_diff(tiny_prior, quad, t_schedule=descending_steps(60, 0, 5), lam=1.0, lr=1.0, seed=2)
+    damped = red_diff(tiny_prior, quad, t_schedule=descending_steps(60, 0, 5), lam=1.0, lr=0.7, seed=2)
+    for k in range(2):
+        scale = np.abs(ref[k][quad.body_mask]).max()
+        assert np.abs(same[k] - ref[k]).max() < 1e-5 * scale
+        assert np.abs(damped[k] - ref[k]).max() > 1e-2 * scale
 
 
 def test_float64_matches_float32(problem):

@@ -29,7 +29,8 @@ if __package__ in (None, ""):  # run as `python app`: make the repository import
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # RED-diff, the better of the two diffusion-prior methods on the held-out phantoms (benchmarks/results/quality.md:
-# equal to HQS at 25 % dose, 0.1-0.4 dB better on Ki and V at 10 and 5 %); conventional Patlak stays one flag away (--method patlak) for comparison with other software.
+# equal to HQS at 25 % dose, 0.1-0.4 dB better on Ki and V at 10 and 5 %); conventional Patlak stays one flag
+# away (--method patlak) for comparison with other software.
 DEFAULT_METHOD = "reddiff"
 EXIT_BAD_INPUT = 2
 

@@ -47,7 +47,7 @@ def test_a_finer_copy_of_a_study_keeps_the_quality_of_the_original():
     split in eight (2 mm), whose noise grain is then two pixels wide: a prior trained on 3.5-4 mm pixels keeps
     such grain as structure. Sampled on the prior's grid, the 2 mm copy gives maps on its own grid that,
     averaged back to 4 mm, are as close to the full-count reference as the original's (measured with
-    RED-diff: Ki 31.5 and V 25.1 dB against 30.4 and 23.7; sampled on the 2 mm grid itself, 27.5 and 20.0).
+    RED-diff: Ki 32.1 and V 25.7 dB against 31.9 and 25.6; sampled on the 2 mm grid itself, 29.3 and 22.3).
     """
     crop = (slice(None), slice(12, 36))
     ref = simulate_study("demo", 1090, 1.0, noise="noise-free")

@@ -100,8 +100,9 @@ def _csv_columns(names) -> dict[str, tuple[str, float]]:
         key = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("/", "_per_")).strip("_")
         for qty, units in (("frame_start", CSV_TIME_UNITS), ("frame_end", CSV_TIME_UNITS),
                            ("time", CSV_TIME_UNITS), ("cp", CSV_ACTIVITY_UNITS)):
-            if key.startswith(qty + "_") and key[len(qty) + 1:] in units:
-                found.setdefault(qty, (name, units[key[len(qty) + 1:]]))
+            unit = key[len(qty) + 1:]
+            if key.startswith(qty + "_") and unit in units:
+                found.setdefault(qty, (name, units[unit]))
     return found
 
 

@@ -64,9 +64,22 @@ def estimate(study: DynamicStudy, inp: InputFunction, *, method: str = "patlak",
     return ParametricResult(method, ki, v, fit, ki_sd, details)
 
 
+def noise_flags(noise_sd) -> list[str]:
+    """A warning when the conventional maps are noisier than any validation study of the samplers' defaults."""
+    from .samplers import VALIDATED_NOISE_SD
+
+    worst = max(noise_sd)
+    if worst <= VALIDATED_NOISE_SD:
+        return []
+    return [f"Patlak maps noisier than the diffusion settings were validated for (median SD Ki {noise_sd[0]:.2f}, "
+            f"V {noise_sd[1]:.2f} in the prior's units; validated up to {VALIDATED_NOISE_SD:.2f}, phantoms at 5 % "
+            "dose): compare with --method patlak, or use longer late frames or an earlier --t-star"]
+
+
 def diffusion_draws(prior, method: str, activity: np.ndarray, fit: PatlakFit, spacing_mm, *, seeds, device=None,
                     progress=None) -> tuple[list, dict]:
-    """(Ki, V) maps of the ``method`` sampler on the study's grid, one pair per seed, and how they were made.
+    """(Ki, V) maps of the ``method`` sampler on the study's grid, one pair per seed, and how they were made
+    (grid, slicing, the noise the sampler faced and its :func:`noise_flags`).
 
     Where the study's voxels are finer than the prior's pixels, the data term is refitted and sampled on the
     prior's grid and the maps interpolated back (:mod:`dynamic_pet.prior_grid`).
@@ -82,6 +95,11 @@ def diffusion_draws(prior, method: str, activity: np.ndarray, fit: PatlakFit, sp
                  "x".join(f"{s:.2f}" for s in spacing), "x".join(map(str, activity.shape[1:])),
                  "x".join(f"{s:.2f}" for s in spacing_mm))
     axes = samplers.slice_axes(spacing)
+    noise = samplers.noise_sd(prior, quad)
+    log.info("noise of the conventional maps in the prior's units: Ki %.3f, V %.3f", *noise)
+    flags = noise_flags(noise)
+    for flag in flags:
+        log.warning(flag)
     draws = []
     for seed in seeds:
         maps = samplers.SAMPLERS[method](prior, quad, axes=axes, seed=seed, device=device, progress=progress)
@@ -89,5 +107,6 @@ def diffusion_draws(prior, method: str, activity: np.ndarray, fit: PatlakFit, sp
             maps = prior_grid.to_study_grid(maps, (fit.ki, fit.v), fit.quadratic.body_mask)
         draws.append(maps)
     grid = {"slice_axes": list(axes), "prior_grid_shape": list(shape) if shape else None,
-            "prior_grid_spacing_mm": [round(s, 3) for s in spacing]}
+            "prior_grid_spacing_mm": [round(s, 3) for s in spacing],
+            "noise_sd_prior_units": [round(n, 4) for n in noise], "quality_flags": flags}
     return draws, grid

@@ -227,7 +227,8 @@ def _facts(ax, idif: InputFunctionResult, result: ParametricResult, summary: dic
     frames = fit.frames_used
     start = idif.input_function.frame_start_min
     end = idif.input_function.frame_end_min
-    flags = list(idif.quality_flags)
+    flags = [f"input function: {f}" for f in idif.quality_flags]
+    flags += [f"estimation: {f}" for f in result.details.get("quality_flags", [])]
     notes = list(summary.get("loading_notes", []))
     timings = summary.get("timings_s", {})
     median = summary.get("ki_body_median_ml_min_ml")
@@ -241,13 +242,13 @@ def _facts(ax, idif: InputFunctionResult, result: ParametricResult, summary: dic
         "Body median Ki: " + (f"{100 * median:.2f} mL/min/100 mL" if median is not None else "n/a")
         + f"; hot regions: voxels above the {HOT_PERCENTILE:g}th Ki percentile in the body",
         "Timings (s): " + (", ".join(f"{k} {v:.1f}" for k, v in timings.items()) or "not recorded"),
-        "Input-function quality flags: " + ("none" if not flags else ""),
+        "Quality flags: " + ("none" if not flags else ""),
     ]
     lines += [f"  \N{BULLET} {f}" for f in flags[:4]]
     lines += ["Loading notes: " + ("none" if not notes else "")] + [f"  \N{BULLET} {n}" for n in notes[:4]]
     versions = summary.get("versions", {})
     lines.append("Software: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "python"))
-    ax.text(0, 1, "\n".join(lines), va="top", fontsize=7.5, wrap=True, linespacing=1.5)
+    ax.text(0, 1, "\n".join(lines), va="top", fontsize=7.5, wrap=True, linespacing=1.3)
     ax.text(0.5, -0.04, f"{NOTICE}.\nParametric values depend on the input function and t*: check the plots "
             "above before using them.", ha="center", va="top", fontsize=7.5, color="#b00020",
             weight="bold", transform=ax.transAxes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -12,7 +13,7 @@ import pytest
 from matplotlib.image import imread
 
 from dynamic_pet.dicom_series import load_dynamic_study
-from dynamic_pet.estimation import estimate
+from dynamic_pet.estimation import estimate, noise_flags
 from dynamic_pet.input_function import input_function_for_study
 from dynamic_pet.report import encapsulated_pdf, hot_regions, read_encapsulated_pdf, write_report
 from dynamic_pet.results import write_results
@@ -115,6 +116,27 @@ def test_report_without_blood_pool_region_for_a_csv_input_function(run, tmp_path
     text = _text(pdf)
     assert "Input function: csv" in text and "blood pool" not in text
     assert read_encapsulated_pdf(dcm) == pdf.read_bytes()
+
+
+def test_flags_and_notes_stay_above_the_notice(run, tmp_path):
+    """A low-dose study can carry an input-function flag, an estimation flag and several loading notes at once:
+    every line of the facts block must end above the research-use notice at the foot of the page."""
+    study, idif, result, summary, _, _ = run
+    flagged = replace(idif, quality_flags=["left-ventricle cavity used (no aorta found): myocardial spill-in may "
+                                           "raise the tail"])
+    noisy = replace(result, details={"samples": 1, "device": "cpu", "quality_flags": noise_flags((0.44, 0.38))})
+    notes = ["frame starts from the per-frame acquisition date/time",
+             "DecayCorrection START: decay-corrected from the START reference (0.0 s after injection) to the "
+             "injection time"]
+    pdf, _ = write_report(tmp_path, study, flagged, noisy, {**summary, "loading_notes": notes})
+    text = _text(pdf)
+    assert "estimation: Patlak maps noisier" in text and "input function: left-ventricle" in text
+    words = re.findall(r'<word xMin="[\d.]+" yMin="([\d.]+)" xMax="[\d.]+" yMax="([\d.]+)">([^<]*)</word>',
+                       subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True,
+                                      check=True).stdout)
+    software_bottom = max(float(y1) for _, y1, w in words if w == "Software:")
+    notice_top = max(float(y0) for y0, _, w in words if w == "RESEARCH")  # the notice at the foot, not the header
+    assert software_bottom < notice_top
 
 
 def test_hot_regions_rank_a_hot_organ_above_a_hot_noise_voxel():

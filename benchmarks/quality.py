@@ -36,7 +36,6 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from dynamic_pet.input_function import InputFunction
 from dynamic_pet.patlak import fit_patlak
 from phantom.anatomy import LABELS, LESION_BASE
 from phantom.presets import PRESETS
@@ -63,15 +62,10 @@ class Case:
     large_lesions: list  # labels of lesions >= LARGE_LESION_MM, whose Ki a 4-5 mm scanner can recover
 
 
-def true_input(study) -> InputFunction:
-    s = study.schedule
-    return InputFunction(s.start_s / 60, s.end_s / 60, study.frame_integrals.cp_mean)
-
-
 @lru_cache(maxsize=None)  # the Gaussian tuning asks again for every dose
 def make_case(preset: str, seed: int) -> Case:
     ref = simulate_study(preset, seed, 1.0, noise="noise-free")
-    fit = fit_patlak(ref.activity, true_input(ref))
+    fit = fit_patlak(ref.activity, ref.true_input_function())
     labels = ref.anatomy.labels
     large = [les["label"] for les in ref.anatomy.lesions if les["diameter_mm"] >= LARGE_LESION_MM]
     return Case(preset, seed, fit.ki, fit.v, ref.ki, ref.v, labels, labels > 0, large)
@@ -148,7 +142,7 @@ def tune_gauss(presets, doses) -> dict:
             for seed in VALIDATION_SEEDS:
                 case = make_case(preset, seed)
                 noisy = simulate_study(preset, seed, dose)
-                fit = fit_patlak(noisy.activity, true_input(noisy))
+                fit = fit_patlak(noisy.activity, noisy.true_input_function())
                 for i, s in enumerate(GAUSS_SIGMAS_VOXELS):
                     scores["ki"][i] += psnr(ndimage.gaussian_filter(fit.ki, s), case.ref_ki, case.body)
                     scores["v"][i] += psnr(ndimage.gaussian_filter(fit.v, s), case.ref_v, case.body)
@@ -239,7 +233,7 @@ def main(argv=None) -> int:
                 panels["reference"] = {"ki": case.ref_ki[z], "v": case.ref_v[z]}
             for dose in args.doses:
                 noisy = simulate_study(preset, seed, dose)
-                inp = true_input(noisy)
+                inp = noisy.true_input_function()
                 for m in args.methods:
                     t0 = time.perf_counter()
                     ki, v = estimate(m, noisy.activity, inp, sigmas.get(dose, {}), args.device, prior,

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from dynamic_pet import samplers
-from benchmarks.quality import true_input
 from dynamic_pet.diffusion_prior import DiffusionPrior
 from dynamic_pet.estimation import diffusion_draws
 from dynamic_pet.patlak import fit_patlak
@@ -97,7 +96,7 @@ def main(argv=None) -> int:
         if not devices:
             continue
         study = simulate_study(preset, 0, 1.0, noise="none")
-        fit = fit_patlak(study.activity, true_input(study))
+        fit = fit_patlak(study.activity, study.true_input_function())
         body = fit.quadratic.body_mask.astype(bool)
         shape = " x ".join(map(str, study.activity.shape[1:]))
         for method in args.methods:

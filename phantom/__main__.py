@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamic_pet.input_function import InputFunction
 from dynamic_pet.parametric_dicom import write_nifti
 
 from .dicom_writer import write_dynamic_pet_series
@@ -38,9 +37,8 @@ def write_truth(study: SimulatedStudy, folder: Path) -> None:
     write_nifti(study.v, aff, folder / "v.nii.gz")
     write_nifti(study.anatomy.labels.astype(np.int16), aff, folder / "labels.nii.gz")
     (folder / "labels.json").write_text(json.dumps(study.anatomy.legend, indent=1))
+    study.true_input_function().write_csv(folder / "input_function.csv")
     sch = study.schedule
-    InputFunction(sch.start_s / 60, sch.end_s / 60, study.frame_integrals.cp_mean).write_csv(
-        folder / "input_function.csv")
     cp = study.input_function
     truth = {
         "preset": study.preset.name, "seed": study.seed, "dose_fraction": study.dose_fraction,

@@ -9,6 +9,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from dynamic_pet.input_function import InputFunction
+
 from .anatomy import LABELS, Anatomy, build_anatomy
 from .kinetics import (DEFAULT_SCHEDULE, F18_HALF_LIFE_S, FrameIntegrals, FrameSchedule, InputFunctionModel,
                        KineticMaps, frame_activity, kinetic_maps, true_parametric_maps)
@@ -42,6 +44,11 @@ class SimulatedStudy:
     def affine(self) -> np.ndarray:
         """Voxel (x, y, z) -> DICOM LPS mm, as phantom.dicom_writer writes it (volume centred on 0)."""
         return phantom_affine(self.preset)
+
+    def true_input_function(self) -> InputFunction:
+        """The simulated plasma curve as the pipeline takes it: its mean over each frame (Bq/mL, minutes)."""
+        s = self.schedule
+        return InputFunction(s.start_s / 60, s.end_s / 60, self.frame_integrals.cp_mean)
 
 
 def phantom_affine(preset: Preset) -> np.ndarray:

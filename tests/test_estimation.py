@@ -7,7 +7,7 @@ import pytest
 
 from dynamic_pet.dicom_series import load_dynamic_study
 from dynamic_pet.estimation import estimate, noise_flags
-from dynamic_pet.input_function import InputFunction, input_function_for_study
+from dynamic_pet.input_function import input_function_for_study
 from dynamic_pet.patlak import fit_patlak
 from phantom.simulate import simulate_study
 
@@ -52,9 +52,7 @@ def test_noise_level_follows_the_counts_and_flags_studies_noisier_than_validated
     noise = {}
     for dose in (0.25, 0.05, 0.01):
         study = simulate_study("demo", 1090, dose)
-        s = study.schedule
-        inp = InputFunction(s.start_s / 60, s.end_s / 60, study.frame_integrals.cp_mean)
-        noise[dose] = noise_sd(prior, fit_patlak(study.activity, inp).quadratic)
+        noise[dose] = noise_sd(prior, fit_patlak(study.activity, study.true_input_function()).quadratic)
     for low, high in ((0.05, 0.25), (0.01, 0.05)):  # five times fewer counts each
         assert noise[low][0] / noise[high][0] == pytest.approx(np.sqrt(5), rel=0.1)  # Ki
         # V's scale follows its robust maximum, which noise inflates at the lowest dose: a little less than Ki

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from dynamic_pet.input_function import InputFunction
 from dynamic_pet.patlak import fit_patlak
 from phantom.anatomy import LABELS
 from phantom.kinetics import FrameSchedule
@@ -18,18 +17,13 @@ from phantom.simulate import simulate_study
 LATE = FrameSchedule(start_s=np.array([2400.0, 3000.0]), duration_s=np.array([600.0, 600.0]))
 
 
-def true_input(study) -> InputFunction:
-    s = study.schedule
-    return InputFunction(s.start_s / 60, s.end_s / 60, study.frame_integrals.cp_mean)
-
-
 @pytest.fixture(scope="module")
 def noiseless():
     return simulate_study("demo", 7, 1.0, noise="none")
 
 
 def test_patlak_on_noiseless_tacs_recovers_true_ki(noiseless):
-    fit = fit_patlak(noiseless.activity, true_input(noiseless))
+    fit = fit_patlak(noiseless.activity, noiseless.true_input_function())
     assert fit.t_star_min >= 20
     high = noiseless.ki > 0.01
     rel = np.abs(fit.ki[high] / noiseless.ki[high] - 1)
@@ -42,7 +36,7 @@ def test_patlak_on_noiseless_tacs_recovers_true_ki(noiseless):
         assert abs(fit.ki[m].mean() / noiseless.ki[m].mean() - 1) < 0.02, value
     # The remaining bias is Patlak's own (reversible compartment not yet in equilibrium with a
     # bi-exponential plasma curve): it shrinks with a later t*.
-    late = fit_patlak(noiseless.activity, true_input(noiseless), t_star_min=30.0)
+    late = fit_patlak(noiseless.activity, noiseless.true_input_function(), t_star_min=30.0)
     assert np.abs(late.ki[high] / noiseless.ki[high] - 1).mean() < 0.6 * rel.mean()
     assert np.allclose(fit.v[labels == LABELS["aorta"]], 1.0, atol=0.02)
 

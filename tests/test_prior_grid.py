@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.quality import psnr, true_input
+from benchmarks.quality import psnr
 from dynamic_pet.diffusion_prior import DiffusionPrior
 from dynamic_pet.estimation import diffusion_draws
 from dynamic_pet.patlak import fit_patlak
@@ -51,9 +51,9 @@ def test_a_finer_copy_of_a_study_keeps_the_quality_of_the_original():
     """
     crop = (slice(None), slice(12, 36))
     ref = simulate_study("demo", 1090, 1.0, noise="noise-free")
-    ref_fit = fit_patlak(ref.activity[crop], true_input(ref))
+    ref_fit = fit_patlak(ref.activity[crop], ref.true_input_function())
     noisy = simulate_study("demo", 1090, 0.05)
-    act, inp = noisy.activity[crop], true_input(noisy)
+    act, inp = noisy.activity[crop], noisy.true_input_function()
     fine = act.repeat(2, axis=1).repeat(2, axis=2).repeat(2, axis=3)
     prior = DiffusionPrior()
     body = ref_fit.quadratic.body_mask

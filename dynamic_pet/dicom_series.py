@@ -31,7 +31,8 @@ Frames and slices
     unique and the timing attributes agree within each group; otherwise by (FrameReferenceTime,
     ActualFrameDuration), then by (acquisition date-time, ActualFrameDuration). Slices are ordered by
     the projection of ImagePositionPatient on the slice normal (row x column direction cosines), never
-    by file name or InstanceNumber. Every frame must hold the same slice positions.
+    by file name or InstanceNumber. Every frame must hold the same slice positions; time groups that share no
+    slice position (a multi-bed whole-body pass, whose beds have their own frame times) are refused.
 
 Timing (minutes from injection = RadiopharmaceuticalStartDateTime, else RadiopharmaceuticalStartTime on
 SeriesDate, AcquisitionDate or StudyDate, a day earlier if that would fall after the series start)
@@ -838,10 +839,31 @@ def _group_frames(records: list[_Record], root: Path, notes: list[str],
         frames = [by_index[f] for f in expected]
     else:
         frames = _groups_by_time(records, notes)
+        _refuse_bed_dependent_timing(frames)
     if declared is not None and declared != len(frames):
         raise InputError(f"NumberOfTimeSlices is {declared} but {len(frames)} time frames were found{hint}",
                          frames[0][0].path, _tag("NumberOfTimeSlices"))
     return frames
+
+
+def _refuse_bed_dependent_timing(frames: list[list[_Record]]) -> None:
+    """A multi-bed (whole-body) pass gives each bed position its own frame times, so grouping by time splits one
+    pass into frames that cover different slice ranges. In a dynamic series every frame covers the same slices
+    (or, with slices missing, a subset), so two time frames without a slice position in common mean bed-dependent
+    timing, which the Patlak fit (one frame time for the whole volume) cannot use: refused by name."""
+    normal = _slice_normal([r for frame in frames for r in frame])
+    depths = [np.sort([np.dot(r.get("position", required=True), normal) for r in frame]) for frame in frames]
+    gaps = np.diff(np.sort(np.concatenate(depths)))
+    gaps = gaps[gaps > 0.1]  # closer positions are one slice written with rounding jitter
+    half_slice = 0.5 * float(np.median(gaps)) if gaps.size else 0.5
+    for f, depth in enumerate(depths[1:], 1):
+        nearest = np.abs(depth[:, None] - depths[0][None, :]).min(axis=1)
+        if np.all(nearest > half_slice):
+            raise InputError(
+                f"time frames 1 and {f + 1} (grouped by acquisition time) hold no slice position in common "
+                f"(other file: {frames[0][0].path}): a multi-bed whole-body acquisition, whose bed positions "
+                "have their own frame times, is not supported; every time frame must cover the whole volume",
+                frames[f][0].path, _tag("FrameReferenceTime"))
 
 
 def _slice_normal(records: list[_Record]) -> np.ndarray:

@@ -532,3 +532,24 @@ def test_attenuation_corrected_series_is_chosen_over_its_uncorrected_twin(tmp_pa
 
     assert study.series_instance_uid == ac_uid
     assert any("'AC dynamic'" in note and "attenuation-corrected first" in note for note in study.notes)
+
+
+def test_multi_bed_passes_with_their_own_frame_times_are_refused_by_name(series_copy, rewrite):
+    """A whole-body pass over two bed positions: the second half of the slices is acquired in the second half of
+    each frame, so its frame times differ from the first half's. One frame time per volume would put a wrong
+    time on half the slices; the series is refused naming FrameReferenceTime and the bed layout."""
+    half = series_copy.activity.shape[1] // 2
+
+    def two_beds(ds, frame, z):
+        duration_ms = float(ds.ActualFrameDuration) / 2
+        ds.ActualFrameDuration = int(round(duration_ms))
+        bed_offset_s = duration_ms / 1000 if z >= half else 0.0
+        ds.FrameReferenceTime = float(ds.FrameReferenceTime) + (bed_offset_s - duration_ms / 2000) * 1000
+        start = dt.datetime.strptime(ds.AcquisitionDate + ds.AcquisitionTime.split(".")[0], "%Y%m%d%H%M%S")
+        start += dt.timedelta(seconds=bed_offset_s)
+        ds.AcquisitionDate, ds.AcquisitionTime = start.strftime("%Y%m%d"), start.strftime("%H%M%S.%f")
+
+    rewrite(series_copy.folder, two_beds)
+    with pytest.raises(InputError, match="multi-bed whole-body") as caught:
+        load_dynamic_study(series_copy.folder)
+    assert "(0054,1300) FrameReferenceTime" in str(caught.value) and str(series_copy.folder) in str(caught.value)

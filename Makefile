@@ -30,6 +30,7 @@ benchmarks: setup  # about an hour on 2 cores; each writes its table to benchmar
 	$(PY) -m benchmarks.sampler_speed
 	$(PY) -m benchmarks.memory_scale
 	$(PY) -m benchmarks.quality
+	$(PY) -m benchmarks.schedules
 
 train-prior: setup
 	$(PY) -m models.train_prior --out models/prior

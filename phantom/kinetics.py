@@ -14,7 +14,9 @@ Input function (Feng, Huang & Wang, Int J Biomed Comput 1993;32:95-110, "model 2
 with A1 = 851.1225 /min, A2 = 21.8798, A3 = 20.8113 (uCi/mL), l1 = -4.1339, l2 = -0.1191, l3 = -0.0104 /min
 (A2 paired with the faster slow rate, as in Feng's table). Amplitudes and rates are randomised by the seed
 (+-15 % / +-10 %), the delay tau in 0.1-0.5 min, and the curve is scaled to the injected activity so that
-plasma at 60 min is about 1.6 g/mL x dose/weight (blood SUV ~1.6 at one hour).
+plasma at 60 min is about 1.6 g/mL x dose/weight (blood SUV ~1.6 at one hour). Other input functions for
+robustness checks: a later arrival (tau increased) and a constant-rate infusion of a few minutes (the bolus
+curve averaged over the infusion's start times), both kept at the same scale.
 
 Tissue parameters (K1 mL/min/mL, k2, k3 /min, vB): brain grey/white matter from Huang et al. (Am J
 Physiol 1980;238:E69) and Phelps et al. (Ann Neurol 1979;6:371); other organs from the total-body FDG
@@ -85,6 +87,7 @@ class InputFunctionModel:
     l3: float
     tau: float
     scale: float  # Bq/mL per model unit
+    infusion_min: float = 0.0  # > 0: the bolus curve spread evenly over an infusion of this length
 
     @classmethod
     def random(cls, rng: np.random.Generator, dose_bq: float, weight_kg: float) -> "InputFunctionModel":
@@ -95,6 +98,13 @@ class InputFunctionModel:
         return model
 
     def __call__(self, t_min: np.ndarray) -> np.ndarray:
+        if self.infusion_min <= 0:
+            return self._bolus(t_min)
+        # a constant-rate infusion is the bolus response averaged over its start times (superposition)
+        starts = np.linspace(0.0, self.infusion_min, 61)
+        return np.mean([self._bolus(np.asarray(t_min) - s) for s in starts], axis=0)
+
+    def _bolus(self, t_min: np.ndarray) -> np.ndarray:
         s = np.maximum(t_min - self.tau, 0.0)
         c = (self.A1 * s - self.A2 - self.A3) * np.exp(self.l1 * s) + self.A2 * np.exp(self.l2 * s) + \
             self.A3 * np.exp(self.l3 * s)

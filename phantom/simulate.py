@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -67,8 +67,11 @@ def scanner_for(preset: Preset) -> Scanner:
 
 
 def simulate_study(preset: str | Preset = "demo", seed: int = 0, dose_fraction: float = 1.0,
-                   noise: str = "poisson", schedule: FrameSchedule | None = None, progress=None) -> SimulatedStudy:
-    """Simulate a dynamic FDG study; the same seed gives the same phantom, kinetics and counts."""
+                   noise: str = "poisson", schedule: FrameSchedule | None = None, progress=None, *,
+                   infusion_min: float = 0.0, extra_delay_min: float = 0.0) -> SimulatedStudy:
+    """Simulate a dynamic FDG study; the same seed gives the same phantom, kinetics and counts. The input
+    function is a bolus unless ``infusion_min`` spreads it over an infusion; ``extra_delay_min`` delays its
+    arrival (the seed's anatomy and kinetics are unchanged by either)."""
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     if noise not in NOISE_MODES:
         raise ValueError(f"noise must be one of {NOISE_MODES}, given {noise!r}")
@@ -80,6 +83,7 @@ def simulate_study(preset: str | Preset = "demo", seed: int = 0, dose_fraction: 
     weight = float(rng.uniform(55, 100))
     dose = FULL_DOSE_BQ_PER_KG * weight * dose_fraction
     cp = InputFunctionModel.random(rng, dose, weight)
+    cp = replace(cp, tau=cp.tau + extra_delay_min, infusion_min=infusion_min)
     fi = FrameIntegrals(cp, schedule)
     km = kinetic_maps(anatomy.labels, preset.voxel_mm, rng)
     ki, v = true_parametric_maps(km, fi)

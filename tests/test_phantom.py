@@ -91,3 +91,39 @@ def test_command_line_writes_dicom_and_truth(tmp_path):
     ki, affine = read_nifti(out / "truth" / "ki.nii.gz")
     assert np.allclose(affine, study.affine, atol=1e-3)
     assert np.allclose(ki, expected.ki)
+
+
+def test_infusion_and_later_arrival_reshape_the_input_function_and_keep_its_area():
+    from dataclasses import replace
+
+    from phantom.kinetics import InputFunctionModel
+    bolus = InputFunctionModel.random(np.random.default_rng(5), 3e8, 75.0)
+    t = np.arange(0.0, 120.0, 1 / 600)  # 0.1-s grid, min
+    infused, later = replace(bolus, infusion_min=3.0), replace(bolus, tau=bolus.tau + 1.0)
+    area = {name: float(curve(t).sum()) / 600 for name, curve in (("bolus", bolus), ("infused", infused))}
+    assert abs(area["infused"] / area["bolus"] - 1) < 0.01  # the same activity, delivered over 3 min
+    assert 2.5 < t[np.argmax(infused(t))] - bolus.tau < 3.5  # peak about the infusion's end (bolus: 0.25 min)
+    assert t[np.argmax(bolus(t))] - bolus.tau < 0.5
+    assert infused(t).max() < 0.5 * bolus(t).max()
+    np.testing.assert_allclose(later(t + 1.0), bolus(t), rtol=1e-9, atol=1e-9 * bolus(t).max())
+
+
+def test_command_line_other_schedule_and_infusion_are_written_and_read_back(tmp_path):
+    out = tmp_path / "study"
+    subprocess.run([sys.executable, "-m", "phantom", "--out", str(out), "--preset", "demo", "--seed", "5",
+                    "--noiseless", "--quiet", "--schedule", "4x30,2X120,3x600", "--infusion-min", "2"], check=True)
+    from dynamic_pet.dicom_series import load_dynamic_study
+    from dynamic_pet.input_function import read_input_function_csv
+    study = load_dynamic_study(out / "dicom")
+    np.testing.assert_allclose(study.frame_start_min * 60, [0, 30, 60, 90, 120, 240, 360, 960, 1560], atol=0.01)
+    np.testing.assert_allclose(study.frame_end_min[-1], 36.0, atol=1e-4)
+    truth = json.loads((out / "truth" / "truth.json").read_text())
+    assert truth["input_function"]["infusion_min"] == 2.0
+    written = read_input_function_csv(out / "truth" / "input_function.csv", study.frame_start_min,
+                                      study.frame_end_min)
+    bolus = simulate_study("demo", 5, 1.0, noise="none", schedule=FrameSchedule.from_blocks(
+        [(4, 30.0), (2, 120.0), (3, 600.0)])).true_input_function()
+    assert np.argmax(written.cp_frame_mean) > np.argmax(bolus.cp_frame_mean)  # the infusion peaks later
+    bad = subprocess.run([sys.executable, "-m", "phantom", "--out", str(tmp_path / "x"), "--schedule", "4x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "counts x seconds" in bad.stderr

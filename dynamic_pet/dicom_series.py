@@ -707,8 +707,10 @@ def _select_series(by_series: dict[str, list[_Record]], root: Path, wanted: str 
                   if _is_pet_image(records) and records[0].peek("series_type") != "GATED"}
     candidates = {uid: key for uid, key in candidates.items() if key[1] > 1}
     if not candidates:
+        several = (" and single-frame series are not combined into one dynamic study (passes of a multi-pass "
+                   "whole-body protocol are not supported)") if len(pet) > 1 else ""
         raise InputError(f"no dynamic PET series: each of the {len(pet)} PET series has a single time frame"
-                         f"{hint}", pet[next(iter(pet))][0].path, _tag("NumberOfTimeSlices"))
+                         f"{several}{hint}", pet[next(iter(pet))][0].path, _tag("NumberOfTimeSlices"))
     best = max(candidates.values())
     top = sorted(uid for uid, key in candidates.items() if key == best)
     if len(top) > 1:

@@ -61,6 +61,15 @@ def test_static_pet_only(tmp_path, write_series, written_series):
     _refused(tmp_path, "NumberOfTimeSlices", match="single time frame")
 
 
+def test_single_frame_passes_in_separate_series_are_not_combined(tmp_path, write_series, written_series):
+    """Two whole-body passes exported as two single-frame series: refused, saying they are not combined."""
+    for k, start in enumerate((1800.0, 3000.0)):
+        write_series(tmp_path / f"pass{k}", activity=written_series.activity[-1:], frame_start_s=[start],
+                     frame_duration_s=[600.0], seed=7 + k)  # the seed makes the series UID
+    _refused(tmp_path, "NumberOfTimeSlices", match="each of the 2 PET series has a single time frame and "
+             "single-frame series are not combined")
+
+
 def test_ct_only(series_copy, rewrite):
     def to_ct(ds, frame, z):
         ds.Modality, ds.SOPClassUID = "CT", "1.2.840.10008.5.1.4.1.1.2"

@@ -4,7 +4,9 @@ Blood is where activity peaks in the first minutes after injection and has mostl
 such voxels (at the lowest of a few peak levels that gives one) the descending (or ascending) aorta is
 preferred: a vertical tube whose axial sections are round and of aortic calibre over at least 5 cm; the
 left-ventricle cavity is the fallback when no aorta is in view (it suffers more spill-in from the
-myocardium). The region is eroded and reduced to its hottest core, the usual defence against partial-volume
+myocardium): the largest such region at least 12 mm across. Nothing thinner is used (a carotid or iliac
+artery in a head or pelvis field of view reads far below blood through partial volume): the study is then
+refused. The region is eroded and reduced to its hottest core, the usual defence against partial-volume
 loss at the vessel wall.
 """
 
@@ -24,6 +26,10 @@ log = logging.getLogger(__name__)
 EARLY_WINDOW_MIN = 3.0  # the bolus peak lies within the first minutes in every clinical protocol
 AORTA_RADIUS_MM = (6.0, 20.0)  # accepted radius of an eroded aortic section
 MIN_AORTA_LENGTH_MM = 50.0
+# The fallback cavity must hold a ball of this radius, as an aortic section must hold a disc of it: a thinner
+# early-peaking region (a carotid or iliac artery, a venous sinus in a head or pelvis field of view) reads far
+# below blood at its centre through partial volume, and Ki would come out too high by as much.
+MIN_CAVITY_RADIUS_MM = AORTA_RADIUS_MM[0]
 # Blood: early peak above these fractions of the early maximum (its 99.95th percentile), tried in turn for the
 # aorta. The lowest keeps the whole vessel when the first pass is imaged; a scan started after it sees lungs and
 # heart nearly as hot as the aorta, merged with it at the lowest level, and a higher one separates them.
@@ -68,11 +74,12 @@ def detect_blood_pool(activity: np.ndarray, frame_mid_min: np.ndarray, spacing_m
         if region is not None:
             break
     if region is None:
-        region, kind = _largest_compact_blob(blood(PEAK_FRACTIONS[0])), "left ventricle"
+        region, kind = _largest_cavity(blood(PEAK_FRACTIONS[0]), spacing), "left ventricle"
     if region is None or not region.any():
-        raise InputError("no blood pool (aorta or left-ventricle cavity) detected in the early frames; "
-                         "give the input function as --input-function CSV or --idif-mask",
-                         tag="(7FE0,0010) PixelData")
+        raise InputError(f"no blood pool detected in the early frames: no aorta, and no early-peaking region at "
+                         f"least {2 * MIN_CAVITY_RADIUS_MM:g} mm across such as the left-ventricle cavity (smaller "
+                         "vessels read too low through partial volume); give the input function as "
+                         "--input-function CSV or --idif-mask", tag="(7FE0,0010) PixelData")
     region = _hot_core(region, peak)
     volume = float(region.sum() * spacing.prod() / 1000.0)
     log.info("blood pool: %s, %.1f mL", kind, volume)
@@ -110,12 +117,19 @@ def _roundness(section: np.ndarray) -> float:
     return float(len(pts) / (np.pi * r ** 2))
 
 
-def _largest_compact_blob(blood: np.ndarray) -> np.ndarray | None:
+def _largest_cavity(blood: np.ndarray, spacing: np.ndarray) -> np.ndarray | None:
+    """The largest connected region that holds a ball of MIN_CAVITY_RADIUS_MM (``blood`` was eroded by one voxel,
+    which is added back to its depth)."""
     lab, n = ndimage.label(blood)
     if n == 0:
         return None
     sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
-    return lab == (int(np.argmax(sizes)) + 1)
+    depth = ndimage.distance_transform_edt(blood, sampling=spacing)
+    radius = ndimage.maximum(depth, lab, index=np.arange(1, n + 1)) + spacing.min()
+    for k in np.argsort(-sizes, kind="stable"):
+        if radius[k] >= MIN_CAVITY_RADIUS_MM:
+            return lab == k + 1
+    return None
 
 
 def _hot_core(region: np.ndarray, peak: np.ndarray) -> np.ndarray:

@@ -233,3 +233,35 @@ def test_segmentation_refusals(app_small_phantom, complete, tmp_path):
     atlas = segmentation(app_small_phantom.folder, 25, mask, tmp_path / "atlas.dcm",
                          labels=("Liver", "Pulmonary artery", "Aorta", "Left ventricle"))
     assert np.array_equal(input_function_for_study(study, mask_path=atlas).mask, mask)
+
+
+def _head_like_study(vessel_radius_mm: float, cavity_radius_mm: float = 0.0):
+    """A 2-mm grid with tissue that keeps taking up FDG, a vertical artery of the given radius (too short to be
+    taken for the aorta: 4 cm) and optionally a spherical blood cavity, all on the simulator's frame-averaged
+    plasma curve and default schedule."""
+    schedule = FrameSchedule.from_blocks(DEFAULT_SCHEDULE)
+    frames = FrameIntegrals(InputFunctionModel.random(np.random.default_rng(3), 3e8, 75.0), schedule)
+    blood_tac, tissue_tac = frames.cp_mean, 0.02 * frames.integral_mean + 0.1 * frames.cp_mean
+    z, y, x = np.mgrid[:40, :48, :48] * 2.0  # mm
+    body = (y - 48) ** 2 + (x - 48) ** 2 < 40 ** 2
+    blood = ((y - 30) ** 2 + (x - 48) ** 2 <= vessel_radius_mm ** 2) & (z >= 20) & (z < 60)
+    blood |= (z - 40) ** 2 + (y - 60) ** 2 + (x - 55) ** 2 <= cavity_radius_mm ** 2
+    activity = np.where(blood, blood_tac[:, None, None, None], np.where(body, tissue_tac[:, None, None, None], 0.0))
+    mid = 0.5 * (schedule.start_s + schedule.end_s) / 60
+    return activity.astype(np.float32), mid
+
+
+def test_a_small_artery_is_not_taken_for_the_heart():
+    """No aorta in view and only a carotid-sized artery (4 mm radius) peaking early: refused, naming the size a
+    blood pool needs, instead of a partial-volume-depressed curve labelled as the left ventricle."""
+    from dynamic_pet.blood_pool import detect_blood_pool
+    activity, mid = _head_like_study(vessel_radius_mm=4.0)
+    with pytest.raises(InputError, match="at least 12 mm across") as caught:
+        detect_blood_pool(activity, mid, (2.0, 2.0, 2.0))
+    assert "--input-function" in str(caught.value) and "(7FE0,0010)" in str(caught.value)
+    # a blood cavity of 2 cm radius in the same field of view is found, and the artery is left out
+    activity, mid = _head_like_study(vessel_radius_mm=4.0, cavity_radius_mm=20.0)
+    pool = detect_blood_pool(activity, mid, (2.0, 2.0, 2.0))
+    assert pool.kind == "left ventricle" and pool.mask.any()
+    z, y, x = np.nonzero(pool.mask)
+    assert np.all(((z * 2.0 - 40) ** 2 + (y * 2.0 - 60) ** 2 + (x * 2.0 - 55) ** 2) <= 20.0 ** 2)

@@ -21,16 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
+from phantom.kinetics import DEFAULT_SCHEDULE as DEFAULT
+
 RESULTS = Path(__file__).resolve().parent / "results" / "schedules.md"
-DEFAULT = "6x10,2x30,6x60,5x120,4x180,6x300"
-# (name, schedule, infusion minutes, extra delay minutes)
+# (name, schedule as (frames, seconds) blocks, infusion minutes, extra delay minutes)
 CASES = [
     ("default schedule, bolus", DEFAULT, 0.0, 0.0),
     ("default schedule, 3-min infusion", DEFAULT, 3.0, 0.0),
     ("default schedule, arrival 1 min later", DEFAULT, 0.0, 1.0),
-    ("fine early frames (49 min)", "12x5,6x10,4x30,5x60,8x300", 0.0, 0.0),
-    ("coarse early frames", "3x20,3x60,2x180,5x600", 0.0, 0.0),
-    ("40-min scan", "6x10,2x30,6x60,5x120,4x180,2x300", 0.0, 0.0),
+    ("fine early frames (49 min)", [(12, 5.0), (6, 10.0), (4, 30.0), (5, 60.0), (8, 300.0)], 0.0, 0.0),
+    ("coarse early frames", [(3, 20.0), (3, 60.0), (2, 180.0), (5, 600.0)], 0.0, 0.0),
+    ("40-min scan", DEFAULT[:-1] + [(2, 300.0)], 0.0, 0.0),
 ]
 LESION_MIN_MM = 15.0
 
@@ -50,14 +51,15 @@ def region_means(ki: np.ndarray, study) -> dict[str, float]:
             "lesions": float(np.mean([ki[labels == label].mean() for label in lesions])) if lesions else np.nan}
 
 
-def run_case(preset: str, seed: int, schedule: str, infusion_min: float, delay_min: float) -> dict:
+def run_case(preset: str, seed: int, blocks: list[tuple[int, float]], infusion_min: float, delay_min: float) -> dict:
     from dynamic_pet.dicom_series import load_dynamic_study
     from dynamic_pet.input_function import input_function_for_study
     from dynamic_pet.patlak import fit_patlak
-    from phantom.__main__ import parse_schedule, write_study
+    from phantom.__main__ import write_study
+    from phantom.kinetics import FrameSchedule
     from phantom.simulate import simulate_study
 
-    study = simulate_study(preset, seed, 1.0, noise="noise-free", schedule=parse_schedule(schedule),
+    study = simulate_study(preset, seed, 1.0, noise="noise-free", schedule=FrameSchedule.from_blocks(blocks),
                            infusion_min=infusion_min, extra_delay_min=delay_min)
     with tempfile.TemporaryDirectory() as tmp:
         write_study(study, Path(tmp))
@@ -90,8 +92,9 @@ def main(argv=None) -> int:
               "| liver core Ki, true Cp vs truth | lesion Ki, true Cp vs truth | liver core Ki, IDIF vs true Cp "
               "| lesion Ki, IDIF vs true Cp | IDIF flags |")
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    for name, schedule, infusion_min, delay_min in CASES:
-        r = run_case(args.preset, args.seed, schedule, infusion_min, delay_min)
+    for name, blocks, infusion_min, delay_min in CASES:
+        r = run_case(args.preset, args.seed, blocks, infusion_min, delay_min)
+        schedule = ",".join(f"{n}x{seconds:g}" for n, seconds in blocks)  # as python -m phantom --schedule takes it
         row = (f"| {name} | {schedule} | {r['frames']} | {r['timing_error_s']:.2f} | {r['t_star_min']:.1f} "
                f"| {r['idif_source']} | {r['idif_auc_error']:+.1%} | {r['liver_true_vs_truth']:+.1%} "
                f"| {r['lesions_true_vs_truth']:+.1%} | {r['liver_idif_vs_true']:+.1%} "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.quality import LARGE_LESION_MM
 from phantom.kinetics import DEFAULT_SCHEDULE as DEFAULT
 
 RESULTS = Path(__file__).resolve().parent / "results" / "schedules.md"
@@ -33,18 +34,17 @@ CASES = [
     ("coarse early frames", [(3, 20.0), (3, 60.0), (2, 180.0), (5, 600.0)], 0.0, 0.0),
     ("40-min scan", DEFAULT[:-1] + [(2, 300.0)], 0.0, 0.0),
 ]
-LESION_MIN_MM = 15.0
 
 
 def region_means(ki: np.ndarray, study) -> dict[str, float]:
     """Mean Ki in the liver's core (eroded by 2 voxels, away from spill-over at its edges) and over the lesions
-    of at least LESION_MIN_MM (mean of the lesion means)."""
+    of at least LARGE_LESION_MM (mean of the lesion means)."""
     from scipy import ndimage
 
     from phantom.anatomy import LABELS
 
     labels = study.anatomy.labels
-    lesions = [les["label"] for les in study.anatomy.lesions if les["diameter_mm"] >= LESION_MIN_MM
+    lesions = [les["label"] for les in study.anatomy.lesions if les["diameter_mm"] >= LARGE_LESION_MM
                and np.any(labels == les["label"])]
     liver = ndimage.binary_erosion(labels == LABELS["liver"], iterations=2)
     return {"liver": float(ki[liver].mean()),

@@ -825,8 +825,8 @@ def _groups_by_time(records: list[_Record], notes: list[str]) -> list[list[_Reco
                      "date/time is missing in some instance", missing.path, _tag("FrameReferenceTime"))
 
 
-def _group_frames(records: list[_Record], root: Path, notes: list[str],
-                  unreadable: list[Path]) -> list[list[_Record]]:
+def _group_frames(records: list[_Record], root: Path, notes: list[str], unreadable: list[Path],
+                  normal: np.ndarray) -> list[list[_Record]]:
     """Instances per time frame (frame order as declared; checked against times later)."""
     hint = _unreadable_hint(unreadable)
     by_index = _groups_by_image_index(records, notes)
@@ -841,20 +841,19 @@ def _group_frames(records: list[_Record], root: Path, notes: list[str],
         frames = [by_index[f] for f in expected]
     else:
         frames = _groups_by_time(records, notes)
-        _refuse_bed_dependent_timing(frames)
+        _refuse_bed_dependent_timing(frames, normal)
     if declared is not None and declared != len(frames):
         raise InputError(f"NumberOfTimeSlices is {declared} but {len(frames)} time frames were found{hint}",
                          frames[0][0].path, _tag("NumberOfTimeSlices"))
     return frames
 
 
-def _refuse_bed_dependent_timing(frames: list[list[_Record]]) -> None:
+def _refuse_bed_dependent_timing(frames: list[list[_Record]], normal: np.ndarray) -> None:
     """A multi-bed (whole-body) pass gives each bed position its own frame times, so grouping by time splits one
     pass into frames that cover different slice ranges. In a dynamic series every frame covers the same slices
     (or, with slices missing, a subset), so two time frames without a slice position in common mean bed-dependent
     timing, which the Patlak fit (one frame time for the whole volume) cannot use: refused by name."""
-    normal = _slice_normal([r for frame in frames for r in frame])
-    depths = [np.sort([np.dot(r.get("position", required=True), normal) for r in frame]) for frame in frames]
+    depths = [np.sort(_depths(frame, normal)) for frame in frames]
     gaps = np.diff(np.sort(np.concatenate(depths)))
     gaps = gaps[gaps > 0.1]  # closer positions are one slice written with rounding jitter
     half_slice = 0.5 * float(np.median(gaps)) if gaps.size else 0.5
@@ -877,11 +876,16 @@ def _slice_normal(records: list[_Record]) -> np.ndarray:
     return np.cross(row, col)
 
 
+def _depths(frame: list[_Record], normal: np.ndarray) -> np.ndarray:
+    """Each instance's position along the slice normal (mm)."""
+    return np.array([np.dot(r.get("position", required=True), normal) for r in frame])
+
+
 def _sort_slices(frames: list[list[_Record]], normal: np.ndarray, hint: str) -> list[list[_Record]]:
     """Each frame's instances ordered along the slice normal; every frame must hold the same positions."""
     ordered = []
     for f, frame in enumerate(frames):
-        depth = np.array([np.dot(r.get("position", required=True), normal) for r in frame])
+        depth = _depths(frame, normal)
         order = np.argsort(depth, kind="stable")
         frame = [frame[i] for i in order]
         same = np.flatnonzero(np.diff(depth[order]) < _SAME_POSITION_MM)
@@ -1270,7 +1274,7 @@ def sort_dynamic_series(series: DynamicSeries) -> DynamicStudy:
                          _tag("RadionuclideHalfLife"))
     hint = _unreadable_hint(unreadable)
     normal = _slice_normal(records)
-    frames = _sort_slices(_group_frames(records, root, notes, unreadable), normal, hint)
+    frames = _sort_slices(_group_frames(records, root, notes, unreadable, normal), normal, hint)
     if frames[0][0].frame is not None and len({r.path for r in frames[0]}) > 1:
         raise InputError("the slices of the first time frame are spread over several multi-frame instances; "
                          "not supported", frames[0][-1].path, _tag("PerFrameFunctionalGroupsSequence"))

@@ -12,9 +12,8 @@ in dB against the full-count reference on the 2 mm grid): at 5 % dose HQS 33.7 /
 38.9 / 24.8 on the 3.5 mm grid, against the tuned Gaussian's 36.5 / 23.7; RED-diff with its earlier
 defaults (6 steps, t 40 to 10) 27.0 / 13.0 and 38.3 / 24.0, with its current ones 39.1 / 25.0 on the 3.5 mm
 grid. At 25 % dose HQS 41.0 / 27.1 and 43.0 / 29.1 (Gaussian 39.5 / 26.9; current RED-diff 43.0 / 29.0 on the
-3.5 mm grid). At 3 mm, 5 % dose: HQS
-34.0 / 22.8 and 35.7 / 24.9 (3.5 mm beat 4 mm by 0.2 dB); 25 % dose 39.5 / 28.6 and 38.9 / 28.4. A
-4.5 mm grid for the 2 mm study: 0.9 / 0.7 dB lower at 25 % dose, the same at 5 %.
+3.5 mm grid). At 3 mm, 5 % dose: HQS 34.0 / 22.8 and 35.7 / 24.9 (3.5 mm beat 4 mm by 0.2 dB); 25 % dose
+39.5 / 28.6 and 38.9 / 28.4. A 4.5 mm grid for the 2 mm study: 0.9 / 0.7 dB lower at 25 % dose, the same at 5 %.
 """
 
 from __future__ import annotations

@@ -132,3 +132,27 @@ def test_training_refuses_evaluation_seeds():
 
     with pytest.raises(ValueError, match="reserved for evaluation"):
         load_volumes(("demo",), [range(998, 1001)], count_level=10.0)
+
+
+@pytest.mark.parametrize("gpu_run", [False, True])
+def test_model_card_command_retrains_the_recorded_network(gpu_run):
+    """The card's retraining command parses back to the recorded recipe: the shipped CPU run, and a GPU run
+    of a wider network whose non-default options (device, batch, channels) must appear in it."""
+    import dataclasses
+    import shlex
+
+    from models.train_prior import parser, train_command
+
+    record = ModelRecord.from_json((DEFAULT_MODEL_DIR / CONFIG_FILE).read_text())
+    if gpu_run:
+        wider = dataclasses.replace(record.network, channels=(32, 64, 128, 128))
+        record = dataclasses.replace(record, network=wider,
+                                     training=record.training | {"device": "cuda", "batch_size": 64})
+    words = shlex.split(train_command(record))
+    assert words[:3] == ["python", "-m", "models.train_prior"]
+    args = parser().parse_args(words[3:])
+    tr = record.training
+    assert (args.steps, args.seed, args.minutes, args.threads) == (tr["steps"], tr["seed"], tr["minutes"], tr["threads"])
+    assert (args.device, args.batch_size) == (tr.get("device", "cpu"), tr["batch_size"])
+    assert tuple(args.channels) == tuple(record.network.channels)
+    assert ("--device" in words) == gpu_run

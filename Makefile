@@ -27,7 +27,7 @@ test: setup
 
 benchmarks: setup  # about an hour on 2 cores; each writes its table to benchmarks/results/
 	$(PY) -m benchmarks.patlak_speed
-	$(PY) -m benchmarks.sampler_speed
+	$(PY) -m benchmarks.sampler_speed  # on a GPU machine: --app-dose 0 --autocast bf16 --out benchmarks/results/sampler_speed_gpu.md
 	$(PY) -m benchmarks.memory_scale
 	$(PY) -m benchmarks.quality
 	$(PY) -m benchmarks.schedules

@@ -1,7 +1,7 @@
 """Diffusion-prior samplers: time and memory per volume, CPU and (where present) GPU, and their agreement.
 
 python -m benchmarks.sampler_speed [--presets demo torso total-body] [--gpu-only total-body]
-                                   [--methods hqs reddiff] [--devices cpu cuda] [--autocast bf16]
+                                   [--methods hqs reddiff] [--devices cpu cuda] [--autocast bf16 ...]
 
 Each preset's noiseless phantom study (the sampler's cost depends on the grid, not on the counts) is fitted
 by conventional Patlak once; then each sampler runs with the app's defaults (:mod:`dynamic_pet.samplers`)
@@ -10,11 +10,11 @@ where the voxels are finer than its pixels, network, data steps, transfers;
 the prior's loading not included, the first call on a device is a warm-up and is not timed). On CUDA the
 peak allocated GPU memory is reported, and the maps are compared with the CPU's: the largest difference
 inside the body relative to each map's maximum (the stated tolerance is 1e-3 in float32, looser under
-autocast). A device that is absent is listed as not measured; presets in --gpu-only (by default the
-total-body study, minutes per volume on a CPU) run on CUDA only. A second table times the whole application
-(``python -m app --method METHOD``, default device, every default output) on the demo phantom at --app-dose
-(seed 1000), wall time and peak resident set, each run in a fresh process (``benchmarks.memory_scale``'s
-measurement). Writes benchmarks/results/sampler_speed.md.
+autocast; each --autocast mode runs on CUDA after the float32 run). A device that is absent is listed as
+not measured; presets in --gpu-only (by default the total-body study, minutes per volume on a CPU) run on
+CUDA only. A second table times the whole application (``python -m app --method METHOD``, default device,
+every default output) on the demo phantom at --app-dose (seed 1000), wall time and peak resident set, each
+run in a fresh process (``benchmarks.memory_scale``'s measurement). Writes benchmarks/results/sampler_speed.md.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from dynamic_pet.patlak import fit_patlak
 from phantom.simulate import simulate_study
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampler_speed.md"
+GPU_RESULTS = RESULTS.with_name("sampler_speed_gpu.md")  # where a run on a GPU machine is committed (--out)
 log = logging.getLogger("benchmarks.sampler_speed")
 
 
@@ -77,21 +78,22 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-only", nargs="*", default=["total-body"], help="presets not run on the CPU")
     ap.add_argument("--methods", nargs="+", default=["hqs", "reddiff"])
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
-    ap.add_argument("--autocast", choices=("bf16", "fp16"), help="mixed precision on CUDA")
+    ap.add_argument("--autocast", nargs="*", choices=("bf16", "fp16"), default=[],
+                    help="mixed-precision modes also run on CUDA")
     ap.add_argument("--app-dose", type=float, default=0.25, help="dose of the whole-app study (0: skip)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     has_cuda = torch.cuda.is_available()
-    priors: dict[str, DiffusionPrior] = {}  # loaded once per device
+    priors: dict[tuple, DiffusionPrior] = {}  # loaded once per device and precision
     rows = ["| preset (Z x Y x X) | method | steps | device | seconds per volume | seconds per step "
             "| peak GPU memory (MiB) | max difference vs CPU / map max (Ki, V) |",
             "|---|---|---:|---|---:|---:|---:|---|"]
     for preset in args.presets:
         devices = [d for d in args.devices if d == "cuda" or preset not in args.gpu_only]
         if "cuda" in devices and not has_cuda:
-            rows.extend(f"| {preset} | {m} | | cuda | not measured: no GPU on this machine | | | |"
-                        for m in args.methods)
+            absent = f"not measured: no GPU on this machine (see {GPU_RESULTS.name})"
+            rows.extend(f"| {preset} | {m} | | cuda | {absent} | | | |" for m in args.methods)
             devices.remove("cuda")
         if not devices:
             continue
@@ -102,11 +104,12 @@ def main(argv=None) -> int:
         for method in args.methods:
             steps = samplers.HQS.steps if method == "hqs" else samplers.RED_DIFF.steps
             cpu_maps = None
-            for device in devices:
-                label = f"{device} ({args.autocast})" if device == "cuda" and args.autocast else device
-                if device not in priors:
-                    priors[device] = DiffusionPrior(device=device, autocast=args.autocast)
-                prior = priors[device]
+            runs = [(d, None) for d in devices] + [("cuda", a) for a in args.autocast if "cuda" in devices]
+            for device, autocast in runs:
+                label = f"{device} ({autocast})" if autocast else device
+                if (device, autocast) not in priors:
+                    priors[device, autocast] = DiffusionPrior(device=device, autocast=autocast)
+                prior = priors[device, autocast]
                 if device == "cuda":
                     run(prior, method, study, fit, device)  # warm-up: kernels, allocator
                     torch.cuda.reset_peak_memory_stats()
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
     gpu = torch.cuda.get_device_name(0) if has_cuda else "none"
     text = ["# Diffusion-prior samplers: time per volume by device", "", __doc__.split("\n\n", 1)[1].strip(), "",
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, GPU: {gpu}.",
-            "", *rows, "", "Regenerate: `.venv/bin/python -m benchmarks.sampler_speed` (writes this file)."]
+            "", *rows, "", f"Regenerate: `{' '.join(['python -m benchmarks.sampler_speed', *(argv or sys.argv[1:])])}`."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(text) + "\n")
     print("\n".join(rows))

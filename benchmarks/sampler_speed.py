@@ -82,6 +82,7 @@ def main(argv=None) -> int:
                     help="mixed-precision modes also run on CUDA")
     ap.add_argument("--app-dose", type=float, default=0.25, help="dose of the whole-app study (0: skip)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    command = sys.argv[1:] if argv is None else argv  # recorded in the table
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     has_cuda = torch.cuda.is_available()
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     gpu = torch.cuda.get_device_name(0) if has_cuda else "none"
     text = ["# Diffusion-prior samplers: time per volume by device", "", __doc__.split("\n\n", 1)[1].strip(), "",
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, GPU: {gpu}.",
-            "", *rows, "", f"Regenerate: `{' '.join(['python -m benchmarks.sampler_speed', *(argv or sys.argv[1:])])}`."]
+            "", *rows, "", f"Regenerate: `{' '.join(['python -m benchmarks.sampler_speed', *command])}`."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(text) + "\n")
     print("\n".join(rows))

@@ -129,8 +129,7 @@ def train(train_slices: list[np.ndarray], val_slices: list[np.ndarray], net_cfg:
           cfg: TrainConfig, log_rows: list[dict]) -> tuple[torch.nn.Module, int]:
     """Train; returns the EMA network and the number of steps done. Appends loss rows to ``log_rows``."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    # on CUDA an op without a deterministic kernel warns instead of stopping the run
-    torch.use_deterministic_algorithms(True, warn_only=torch.device(cfg.device).type == "cuda")
+    torch.use_deterministic_algorithms(True)  # CUDA too: the H100 run met no op without a deterministic kernel
     try:
         return _train(train_slices, val_slices, net_cfg, cfg, log_rows)
     finally:
@@ -268,7 +267,8 @@ high-count static FDG PET slices, used as the prior of the Patlak Ki and V sampl
 
 - Weights: `{WEIGHTS_FILE}` (safetensors), SHA-256 `{record.weights_sha256}` (checked at load time).
 - Architecture: MONAI `DiffusionModelUNet`, 2D, channels {list(net.channels)}, {net.num_res_blocks} residual
-  block{"s" if net.num_res_blocks > 1 else ""} per level, no attention, GroupNorm {net.norm_num_groups} groups; {n_params / 1e6:.2f} M parameters.
+  block{"s" if net.num_res_blocks > 1 else ""} per level, no attention, GroupNorm {net.norm_num_groups} groups;
+  {n_params / 1e6:.2f} M parameters.
   Fully convolutional: runs on whole slices padded to a multiple of {net.size_multiple}.
 - Noise schedule: {net.num_train_timesteps} steps, linear beta {net.beta_start:g} to {net.beta_end:g}.
 - Intensity normalisation: SUV clipped to [0, {net.suv_max:g}] and mapped linearly onto

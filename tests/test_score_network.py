@@ -152,7 +152,8 @@ def test_model_card_command_retrains_the_recorded_network(gpu_run):
     assert words[:3] == ["python", "-m", "models.train_prior"]
     args = parser().parse_args(words[3:])
     tr = record.training
-    assert (args.steps, args.seed, args.minutes, args.threads) == (tr["steps"], tr["seed"], tr["minutes"], tr["threads"])
+    for key in ("steps", "seed", "minutes", "threads"):
+        assert getattr(args, key) == tr[key]
     assert (args.device, args.batch_size) == (tr.get("device", "cpu"), tr["batch_size"])
     assert tuple(args.channels) == tuple(record.network.channels)
     assert ("--device" in words) == gpu_run

@@ -11,9 +11,11 @@ is not a training seed either.
 Random 64x64 patches centred on body voxels, random flips and 90-degree turns, and a log-uniform intensity
 gain; SUV clipped at ``suv_max`` and mapped to [-1, 1]. Epsilon-prediction DDPM loss, AdamW with warm-up and
 cosine decay, an exponential moving average of the weights (the EMA weights are shipped). Torch and numpy
-are seeded and torch runs deterministic algorithms, so a run is repeatable for a given seed and step count
-when the step budget is reached before the ``--minutes`` wall-clock cap (on a loaded machine the cap ends
-the run and the learning-rate decay follows elapsed time instead; the steps done are recorded).
+are seeded and torch runs deterministic algorithms, so a run on the CPU is repeatable for a given seed and
+step count when the step budget is reached before the ``--minutes`` wall-clock cap (on a loaded machine the
+cap ends the run and the learning-rate decay follows elapsed time instead; the steps done are recorded).
+``--device cuda`` trains on a GPU; there two runs of the same seed are not bit for bit equal (measured on
+an H100: two 200-step runs gave different weights), so a GPU-trained prior is reproducible in recipe only.
 """
 
 from __future__ import annotations
@@ -128,8 +130,10 @@ def _lr(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
 def train(train_slices: list[np.ndarray], val_slices: list[np.ndarray], net_cfg: ScoreNetConfig,
           cfg: TrainConfig, log_rows: list[dict]) -> tuple[torch.nn.Module, int]:
     """Train; returns the EMA network and the number of steps done. Appends loss rows to ``log_rows``."""
+    if torch.device(cfg.device).type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode needs it
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)  # CUDA too: the H100 run met no op without a deterministic kernel
+    torch.use_deterministic_algorithms(True)
     try:
         return _train(train_slices, val_slices, net_cfg, cfg, log_rows)
     finally:
@@ -256,9 +260,15 @@ def write_model_card(record: ModelRecord, rows: list[dict], n_params: int, out: 
     net, tr = record.network, record.training
     last = rows[-1] if rows else {}
     capped = tr.get("steps_done", 0) < tr.get("steps", 0)
-    repro = ("It stopped at the wall-clock cap before the step budget (the machine was shared), so the "
-             "learning-rate decay followed elapsed time and the run is not bit-reproducible; with the step "
-             "budget reached first it is.") if capped else "The run is repeatable bit for bit with these arguments."
+    if tr.get("device", "cpu") != "cpu":
+        repro = ("It ran on a GPU, where two runs of the same seed give different weights: reproducible in "
+                 "recipe only.")
+    elif capped:
+        repro = ("It stopped at the wall-clock cap before the step budget (the machine was shared), so the "
+                 "learning-rate decay followed elapsed time and the run is not bit-reproducible; with the step "
+                 "budget reached first it is.")
+    else:
+        repro = "The run is repeatable bit for bit with these arguments."
     text = f"""# Static-PET diffusion prior (score network)
 
 **Research use only; not for diagnosis.** A 2D denoising diffusion model (DDPM, epsilon prediction) of
@@ -332,8 +342,6 @@ def main(argv: list[str] | None = None) -> None:
     a = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
-    if a.device.startswith("cuda"):
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     cfg = TrainConfig(steps=a.steps, seed=a.seed, minutes=a.minutes, threads=a.threads,
                       seeds_per_preset=tuple(a.seeds_per_preset), batch_size=a.batch_size, device=a.device)
     t_start = time.perf_counter()

@@ -183,12 +183,16 @@ def parametric_map(study: DynamicStudy, image: np.ndarray, kind: MapKind, method
     pm = hd.pm.ParametricMap(
         **_source_geometry(study), pixel_array=values,
         series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
+        instance_number=1, specific_character_set=None, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
         software_versions=SOFTWARE_VERSION, device_serial_number=__version__,
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
         voi_lut_transformations=[window], content_label=kind.quantity.value,
         content_description=method_description[:64] or None,
         series_description=_description(kind, "parametric map"))
+    # The source's Specific Character Set as it is, set after highdicom, whose check refuses valid values: an
+    # empty first value, as Japanese and Korean studies write it (PS3.5 Annex H), and ISO 2022 IR 149
+    if study.slice_datasets[0].get("SpecificCharacterSet"):
+        pm.SpecificCharacterSet = study.slice_datasets[0].SpecificCharacterSet
     # General Series Laterality (type 2C): the source's, else empty ("unknown"), as dciodvfy requires
     pm.Laterality = study.slice_datasets[0].get("Laterality", "")
     pm.CodingSchemeIdentificationSequence = [_coding_scheme_item()]

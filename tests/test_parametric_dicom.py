@@ -223,6 +223,27 @@ def test_derived_pet_keeps_a_single_corrected_image_term(study, maps, source_ter
         assert element.VM == len(derived) and (element.VM == 0 or element.value == derived[0])
 
 
+@pytest.mark.parametrize("charset, name, written", [
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"]),
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", ["", "ISO 2022 IR 149"]),
+    ("", "Doe^Jane", None), ("ISO_IR 100", "Müller^Jörg", "ISO_IR 100")])
+def test_source_character_sets_are_kept(study, maps, tmp_path, charset, name, written):
+    """Japanese and Korean studies write Specific Character Set with an empty first value (PS3.5 Annex H, I),
+    which highdicom's check refuses, as it does ISO 2022 IR 149; some writers leave it empty for the default
+    repertoire. The maps carry the source's value and the same names."""
+    slices = [copy.deepcopy(ds) for ds in study.slice_datasets]
+    for ds in slices:
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+    encoded = copy.copy(study)
+    encoded.slice_datasets = slices
+    out = write_parametric_outputs(encoded, {"ki": maps["ki"]}, tmp_path, method_description="test")
+    pmap = pydicom.dcmread(out["ki_pmap"][0], stop_before_pixels=True)
+    assert pmap.get("SpecificCharacterSet") == written
+    for path in out["ki_pmap"] + out["ki_pet"][:1]:
+        assert str(pydicom.dcmread(path, stop_before_pixels=True).PatientName) == name
+
+
 def test_series_linkage_uids_and_identity(outputs, study):
     _, written = outputs
     source = study.slice_datasets[0]

@@ -42,15 +42,21 @@ SeriesDate, AcquisitionDate or StudyDate, a day earlier if that would fall after
     time as examples) and relative to a SeriesTime that some systems rewrite on reprocessing. Otherwise
     start = SeriesDate/Time + FrameReferenceTime - T_ave, with T_ave the decay-weighted mean time of the
     frame (PS3.3 C.8.9.4.1.5 example 2); a writer using the mid-point instead shifts the start by
-    about lambda * T^2 / 12 (0.8 s for a 5-min F-18 frame). End = start + ActualFrameDuration.
+    about lambda * T^2 / 12 (0.8 s for a 5-min F-18 frame). Some writers put FrameReferenceTime at the frame
+    start: where all instances share one acquisition date-time (the scan start) and the mean-time reading
+    would start the first frame before it while the start reading starts it there, FrameReferenceTime is
+    read as the start (noted); unconfirmed, such a series makes unequal frames overlap and is refused naming
+    FrameReferenceTime. End = start + ActualFrameDuration.
 
 Decay correction: every frame is brought to the injection time
     ``ADMIN``: unchanged. ``START``: multiplied by exp(lambda * (SeriesDate/Time - injection)); when
     SeriesDate/Time lies after the first frame start (a reprocessed series), the first frame start is
     the reference instead (as the QIBA SUV guidance does). ``NONE``: multiplied by
     lambda*D/(1-exp(-lambda*D)) * exp(lambda*t_start). Enhanced PET's DecayCorrected YES: multiplied by
-    exp(lambda * (DecayCorrectionDateTime - injection)). DecayFactor is only compared with the
-    expected value (a note when it differs by more than 1 %).
+    exp(lambda * (DecayCorrectionDateTime - injection)). DecayFactor is computed for each frame's own
+    reference time: SeriesDate/Time + FrameReferenceTime where that lies inside the frame in every frame,
+    else the decay-weighted mean time; it is compared with the expected value (a note when it differs by
+    more than 1 %).
 
 Units
     ``BQML`` as is. ``GML`` (body-weight SUV): Bq/mL = SUV * dose / weight, the dose decayed to the
@@ -972,29 +978,55 @@ def _frame_times(frames: list[list[_Record]], half_life_s: float, notes: list[st
     if from_acquisition:
         starts = np.array([(next(iter(a)) - injection).total_seconds() for a in acquisition])
         notes.append("frame starts from the per-frame acquisition date/time")
-        keyword = "AcquisitionTime"
+        keyword, weighted = "AcquisitionTime", False
     else:
         series = frames[0][0].get("series_dt")
         if series is None:
             raise InputError("SeriesDate/SeriesTime needed as the FrameReferenceTime origin is missing",
                              frames[0][0].path, _tag("SeriesTime"))
         reference_ms = np.array([_frame_value(f, "frt_ms", "FrameReferenceTime") for f in frames])
-        starts = ((series - injection).total_seconds() + reference_ms / 1000.0
-                  - decay_weighted_offset_s(durations, half_life_s))
-        notes.append("acquisition date/time does not vary per frame: frame starts from FrameReferenceTime "
-                     "(decay-weighted mean time, PS3.3 C.8.9.4.1.5)")
-        keyword = "FrameReferenceTime"
+        stated = (series - injection).total_seconds() + reference_ms / 1000.0
+        starts = stated - decay_weighted_offset_s(durations, half_life_s)
+        keyword, weighted = "FrameReferenceTime", True
+        scan_start = _shared_acquisition_start(acquisition, injection)
+        if scan_start is not None and _frame_start_convention(starts[0], stated[0], scan_start, durations[0]):
+            early = scan_start - starts[0]
+            starts, weighted = stated, False
+            notes.append("FrameReferenceTime read as the frame start: read as each frame's decay-weighted mean "
+                         f"time (PS3.3 C.8.9.4.1.5) it puts the first frame {early:.1f} s before the acquisition "
+                         "start that every instance's acquisition date/time gives; read as the start, it starts there")
+            logger.warning("FrameReferenceTime is the frame start in this series, not the decay-weighted mean time")
+        else:
+            notes.append("acquisition date/time does not vary per frame: frame starts from FrameReferenceTime "
+                         "(decay-weighted mean time, PS3.3 C.8.9.4.1.5)")
     ends = starts + durations
     for f in range(1, len(frames)):
         if starts[f] <= starts[f - 1]:
             raise InputError(f"time frame {f + 1} does not start after frame {f} (frames out of order or "
                              "repeated)", frames[f][0].path, _tag(keyword))
         if ends[f - 1] - starts[f] > _OVERLAP_TOLERANCE_S:
-            raise InputError(f"time frames {f} and {f + 1} overlap by {ends[f - 1] - starts[f]:.3f} s",
-                             frames[f][0].path, _tag("ActualFrameDuration"))
+            how = (" (frame starts from FrameReferenceTime taken as each frame's decay-weighted mean time; one "
+                   "that is the frame start, which the acquisition date/time could not confirm here, gives such "
+                   "overlaps)") if weighted else ""
+            raise InputError(f"time frames {f} and {f + 1} overlap by {ends[f - 1] - starts[f]:.3f} s{how}",
+                             frames[f][0].path, _tag("FrameReferenceTime" if weighted else "ActualFrameDuration"))
     if starts[0] < 0:
         notes.append(f"the first frame starts {-starts[0]:.1f} s before the injection")
     return starts, ends, injection, from_acquisition
+
+
+def _shared_acquisition_start(acquisition: list[set], injection: dt.datetime) -> float | None:
+    """Seconds from injection of the acquisition date-time that every instance states alike, else None."""
+    values = set().union(*acquisition)
+    return (next(iter(values)) - injection).total_seconds() if len(values) == 1 and None not in values else None
+
+
+def _frame_start_convention(weighted_start: float, stated: float, scan_start: float, duration: float) -> bool:
+    """Whether the first frame's FrameReferenceTime is its start rather than its decay-weighted mean time: read
+    as the mean time it puts the frame's start before the acquisition start that all instances share, read as
+    the start it puts it there (both within a quarter of the frame, at least the timing tolerance)."""
+    tolerance = max(_OVERLAP_TOLERANCE_S, 0.25 * duration)
+    return scan_start - weighted_start > tolerance and abs(stated - scan_start) <= tolerance
 
 
 # ------------------------------------------------------------------------------------- decay and units
@@ -1021,6 +1053,7 @@ def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, duratio
     record = frames[0][0]
     lam = math.log(2.0) / half_life_s
     mode = record.get("decay_correction", required=True)
+    times = _frame_reference_times(frames, starts, durations, injection, half_life_s)
     if mode == "ADMIN":
         reference = 0.0
         factors = np.ones(len(frames))
@@ -1031,7 +1064,7 @@ def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, duratio
             raise InputError("SeriesDate/SeriesTime (the START decay reference) is missing", record.path,
                              _tag("SeriesTime"))
         reference = (series - injection).total_seconds()
-        implied = _reference_from_decay_factors(frames, starts, durations, half_life_s)
+        implied = _reference_from_decay_factors(frames, times, half_life_s)
         if implied is not None and abs(implied - reference) > _REFERENCE_AGREEMENT / lam:
             notes.append(f"the DecayFactors of all frames refer to {implied:.1f} s after injection, not to "
                          f"SeriesDate/Time ({reference:.1f} s): START decay reference taken from them")
@@ -1061,21 +1094,35 @@ def _decay_to_injection(frames: list[list[_Record]], starts: np.ndarray, duratio
         raise InputError(f"unknown decay correction {mode!r} (expected START, ADMIN or NONE, or DecayCorrected "
                          "YES / NO)", record.path, _tag("DecayCorrection"))
     if mode != "NONE":
-        _check_decay_factors(frames, lam * (starts + decay_weighted_offset_s(durations, half_life_s) - reference),
-                             notes)
+        _check_decay_factors(frames, lam * (times - reference), notes)
     return factors, reference
 
 
-def _reference_from_decay_factors(frames: list[list[_Record]], starts: np.ndarray, durations: np.ndarray,
-                                  half_life_s: float) -> float | None:
+def _frame_reference_times(frames: list[list[_Record]], starts: np.ndarray, durations: np.ndarray,
+                           injection: dt.datetime, half_life_s: float) -> np.ndarray:
+    """Each frame's reference time, the time its DecayFactor was computed for (s from injection): SeriesDate/Time
+    + FrameReferenceTime when every frame states one inside the frame (PS3.3 C.8.9.4.1.5; writers differ on where
+    in the frame), else the decay-weighted mean time of the frame (a SeriesTime rewritten after the scan moves
+    the stated times out of their frames)."""
+    weighted = starts + decay_weighted_offset_s(durations, half_life_s)
+    series = frames[0][0].get("series_dt")
+    stated_ms = np.array([frame[0].peek("frt_ms") for frame in frames], dtype=np.float64)
+    if series is None or not np.all(np.isfinite(stated_ms)):
+        return weighted
+    stated = (series - injection).total_seconds() + stated_ms / 1000.0
+    inside = (stated >= starts - _OVERLAP_TOLERANCE_S) & (stated <= starts + durations + _OVERLAP_TOLERANCE_S)
+    return stated if np.all(inside) else weighted
+
+
+def _reference_from_decay_factors(frames: list[list[_Record]], times: np.ndarray, half_life_s: float) -> float | None:
     """The decay reference (s from injection) the frames' DecayFactors were computed for, when every frame
     states one and they agree: DecayFactor = exp(lam (frame reference time - decay reference)) (PS3.3
-    C.8.9.4.1.5, the reference time being the decay-weighted mean time of the frame); None otherwise."""
+    C.8.9.4.1.5), with the frame reference ``times`` of :func:`_frame_reference_times`; None otherwise."""
     stated = _decay_factors(frames)
     if len(frames) < 2 or not np.all(np.isfinite(stated) & (stated > 0)):
         return None
     lam = math.log(2.0) / half_life_s
-    implied = starts + decay_weighted_offset_s(durations, half_life_s) - np.log(stated) / lam
+    implied = times - np.log(stated) / lam
     return float(np.median(implied)) if np.ptp(implied) <= _REFERENCE_AGREEMENT / lam else None
 
 

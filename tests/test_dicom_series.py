@@ -94,6 +94,47 @@ def test_frame_reference_time_path_when_acquisition_time_is_constant(series_copy
     assert any("FrameReferenceTime" in note for note in study.notes)
 
 
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("acquisition", ["per frame", "constant"])
+def test_frame_reference_time_at_the_frame_start(tmp_path, write_series, rewrite, uniform, acquisition):
+    """Some writers put FrameReferenceTime at the frame start and compute DecayFactor for it (PS3.3 C.8.9.4.1.5
+    leaves where in the frame to them). With per-frame acquisition times the DecayFactors then agree with
+    SeriesTime as the START reference, even when equal frames make them agree with each other as mean times
+    too; with one acquisition date-time for all (the scan start), read as mean times they would put the first
+    frame before it, so FrameReferenceTime is read as the start."""
+    starts = 30.25 + 300.0 * np.arange(6) if uniform else None
+    kwargs = {"frame_start_s": starts, "frame_duration_s": np.full(6, 300.0)} if uniform else {}
+    series = write_series(tmp_path / "study", **kwargs)
+    lam = _lam(series)
+
+    def frame_start_reference(ds, frame, z):
+        offset = series.start_s[frame] - series.series_start_s
+        ds.FrameReferenceTime = pydicom.valuerep.format_number_as_ds(offset * 1000.0)
+        ds.DecayFactor = pydicom.valuerep.format_number_as_ds(float(np.exp(lam * offset)))
+        if acquisition == "constant":
+            ds.AcquisitionDate, ds.AcquisitionTime = ds.SeriesDate, ds.SeriesTime
+
+    rewrite(series.folder, frame_start_reference)
+    study = load_dynamic_study(series.folder)
+    _assert_matches_truth(study, series)
+    assert not any("DecayFactor" in note for note in study.notes)
+    assert any("read as the frame start" in note for note in study.notes) == (acquisition == "constant")
+
+
+def test_frame_reference_time_at_the_frame_start_unconfirmed_is_refused_by_name(series_copy, rewrite):
+    """Without acquisition times to show it, a frame-start FrameReferenceTime read as the mean time makes
+    unequal frames overlap: refused, naming FrameReferenceTime and the convention."""
+    def frame_start_reference(ds, frame, z):
+        ds.FrameReferenceTime = pydicom.valuerep.format_number_as_ds(
+            (series_copy.start_s[frame] - series_copy.series_start_s) * 1000.0)
+        del ds.AcquisitionTime
+
+    rewrite(series_copy.folder, frame_start_reference)
+    with pytest.raises(InputError, match="overlap.*frame start") as refused:
+        load_dynamic_study(series_copy.folder)
+    assert "FrameReferenceTime" in str(refused.value)
+
+
 def test_grouping_by_time_without_image_index(series_copy, rewrite):
     rewrite(series_copy.folder, lambda ds, frame, z: delattr(ds, "ImageIndex"))
     study = load_dynamic_study(series_copy.folder)

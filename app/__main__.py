@@ -35,9 +35,23 @@ DEFAULT_METHOD = "reddiff"
 EXIT_BAD_INPUT = 2
 
 
-def _env(name: str, cast=str, default=None):
+def _env(name: str, default=None):
+    """The environment variable's text (argparse converts and checks it as it does the option's), else default."""
     value = os.environ.get(name)
-    return default if value in (None, "") else cast(value)
+    return default if value in (None, "") else value
+
+
+def _number(cast, minimum, what: str):
+    """An argparse type: ``cast`` of the text, at least ``minimum``; the message names the variable too."""
+    def convert(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not (value >= minimum) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (from the option or its PATLAK_ variable)")
+        return value
+    return convert
 
 
 def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
@@ -45,12 +59,13 @@ def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     ap = argparse.ArgumentParser(prog="python -m app", add_help=False)
     ap.add_argument("--method", choices=("patlak", "reddiff", "hqs"),
                     default=_env("PATLAK_METHOD", default=DEFAULT_METHOD))
-    ap.add_argument("--t-star", dest="t_star", type=float, default=_env("PATLAK_T_STAR", float))
+    ap.add_argument("--t-star", dest="t_star", type=_number(float, 0.0, "a time in minutes >= 0"),
+                    default=_env("PATLAK_T_STAR"))
     ap.add_argument("--input-function", dest="input_function", default=_env("PATLAK_INPUT_FUNCTION"))
     ap.add_argument("--idif-mask", dest="idif_mask", default=_env("PATLAK_IDIF_MASK"))
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_env("PATLAK_DEVICE", default="auto"))
-    ap.add_argument("--samples", type=int, default=_env("PATLAK_SAMPLES", int, 1))
-    ap.add_argument("--seed", type=int, default=_env("PATLAK_SEED", int, 0))
+    ap.add_argument("--samples", type=_number(int, 1, "a whole number >= 1"), default=_env("PATLAK_SAMPLES", "1"))
+    ap.add_argument("--seed", type=_number(int, 0, "a whole number >= 0"), default=_env("PATLAK_SEED", "0"))
     ap.add_argument("--series-uid", dest="series_uid", default=_env("PATLAK_SERIES_UID"))
     ap.add_argument("--send-to", dest="send_to", default=_env("PATLAK_SEND_TO"))
     ap.add_argument("--report", action=argparse.BooleanOptionalAction,
@@ -61,8 +76,8 @@ def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     if opts.help:
         print(__doc__)
         raise SystemExit(0)
-    if opts.samples < 1:
-        ap.error("--samples must be at least 1")
+    if opts.input_function and opts.idif_mask:
+        ap.error("give --input-function (a measured plasma curve) or --idif-mask (a blood-pool region), not both")
     if opts.send_to:
         from dynamic_pet.dicom_send import parse_destination
         try:

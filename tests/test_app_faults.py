@@ -242,6 +242,31 @@ def test_command_line_exit_code_and_no_traceback(tmp_path):
     assert_refused(run.returncode, run.stdout + run.stderr, out, {}, *needles)
 
 
+@pytest.mark.parametrize("env, argv, needle", [
+    ({"PATLAK_T_STAR": "20 min"}, [], "--t-star: '20 min' is not a time"),
+    ({"PATLAK_SAMPLES": "two"}, [], "--samples: 'two'"),
+    ({"PATLAK_SEED": "-1"}, [], "--seed: '-1'"),
+    ({}, ["--t-star", "-5"], "--t-star: '-5'"),
+    ({}, ["--samples", "0"], "--samples: '0'"),
+    ({"PATLAK_IDIF_MASK": "aorta.nii.gz"}, ["--input-function", "cp.csv"], "not both"),
+])
+def test_bad_options_from_flags_or_environment_are_usage_errors(monkeypatch, capsys, env, argv, needle):
+    """A malformed value exits 2 with a usage message whether it comes as a flag or as a PATLAK_ variable."""
+    from app.__main__ import parse_options
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        parse_options(["app", "-i", "in", "-o", "out", *argv])
+    assert stopped.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_environment_option_error_from_the_entry_point_has_no_traceback(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "app", "-i", str(tmp_path), "-o", str(tmp_path / "out")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PATLAK_SEED": "x"})
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "--seed: 'x'" in run.stderr
+
+
 # ------------------------------------------------------------------------- property: exit 0 whole, or exit 2
 
 _IN_SEQUENCE = RADIOPHARMACEUTICAL_KEYWORDS

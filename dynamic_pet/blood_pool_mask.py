@@ -1,6 +1,9 @@
 """A user's blood-pool region for the image-derived input function: NIfTI, or DICOM Segmentation from PACS.
 
-NIfTI must lie on the study's voxel grid (shape and affine). A DICOM Segmentation (binary or fractional) is
+NIfTI must lie on the study's voxel grid (shape and affine) and hold a binary mask (0 and one other value, 1
+or 255 alike) or fractions in [0, 1] (a probability map, or a mask resampled linearly: a voxel counts from
+0.5, as in a fractional Segmentation); a label map with several structures is refused, as which label is blood
+cannot be told from a NIfTI file (a DICOM Segmentation's segment names can). A DICOM Segmentation (binary or fractional) is
 placed by its geometry, not by the images it references: it may have been drawn on any time frame of the
 dynamic series, on a subset of slices, or on another grid of the same frame of reference (a CT of the same
 PET/CT), and highdicom assembles its frames into a volume that SimpleITK resamples onto the study's grid
@@ -46,9 +49,26 @@ def _nifti_mask(path: Path, study) -> np.ndarray:
     except Exception as exc:  # SimpleITK raises RuntimeError for anything it cannot read
         raise InputError(f"cannot read the blood-pool mask as NIfTI: {exc}", path=path) from exc
     if values.shape != study.activity.shape[1:] or not np.allclose(affine, study.affine, atol=1e-2):
-        raise InputError(f"the blood-pool mask's grid {values.shape} does not match the study's "
-                         f"{study.activity.shape[1:]} (shape and affine must agree)", path=path)
-    return values > 0
+        what = "voxel-to-patient affine" if values.shape == study.activity.shape[1:] else "shape"
+        raise InputError(f"the blood-pool mask's grid does not match the study's: its {what} differs (shape "
+                         f"{values.shape} against {study.activity.shape[1:]}; the mask must be on the study's voxels "
+                         "in the same orientation, e.g. drawn on the app's nifti/ outputs)", path=path)
+    return _binary(values, path)
+
+
+def _binary(values: np.ndarray, path: Path) -> np.ndarray:
+    """The mask from a NIfTI's values: binary as it is, fractions from 0.5, several labels refused."""
+    if not np.all(np.isfinite(values)) or values.min() < 0:
+        raise InputError("the blood-pool mask holds negative or non-finite values", path=path)
+    nonzero = np.unique(values[values > 0])
+    if nonzero.size <= 1:
+        return values > 0
+    if nonzero.max() <= 1.0:
+        return values >= 0.5
+    shown = ", ".join(f"{v:g}" for v in nonzero[:8]) + (", ..." if nonzero.size > 8 else "")
+    raise InputError(f"the blood-pool mask holds {nonzero.size} different values ({shown}), a label map rather "
+                     "than one region: give a mask of the blood pool alone (0 and 1), or a DICOM Segmentation "
+                     "whose segment names the aorta", path=path)
 
 
 def _segmentation_mask(path: Path, study) -> np.ndarray:

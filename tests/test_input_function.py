@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from conftest import drop_frames
 from dynamic_pet.dicom_series import load_dynamic_study
@@ -204,6 +205,30 @@ def test_nifti_and_segmentation_masks_give_the_same_input_function(app_small_pha
     one[z] = auto.mask[z]
     single = segmentation(app_small_phantom.folder, 25, one, tmp_path / "one_slice.dcm")
     assert np.array_equal(input_function_for_study(study, mask_path=single).mask, one)
+
+
+def test_nifti_masks_as_other_tools_write_them(complete, tmp_path):
+    """0/255, a probability map (from 0.5, as a fractional Segmentation) and a flipped copy of the same voxels;
+    an organ label map is refused rather than read as 'everything above 0' (the whole body as blood)."""
+    from dynamic_pet.parametric_dicom import write_nifti
+
+    study, _, _ = complete
+    aorta = input_function_for_study(study).mask
+    soft = ndimage.gaussian_filter(aorta.astype(np.float32), 0.7)
+    for name, values in (("255", aorta.astype(np.uint8) * 255), ("soft", soft)):
+        path = write_nifti(values, study.affine, tmp_path / f"{name}.nii.gz")
+        assert np.array_equal(input_function_for_study(study, mask_path=path).mask, values >= (0.5 if name == "soft"
+                                                                                                else 1)), name
+    labels = np.where(aorta, 6, np.where(study.activity[-1] > 0.2 * study.activity[-1].max(), 5, 0))
+    path = write_nifti(labels.astype(np.uint16), study.affine, tmp_path / "organs.nii.gz")
+    with pytest.raises(InputError, match=r"2 different values \(5, 6\), a label map") as refused:
+        input_function_for_study(study, mask_path=path)
+    assert refused.value.path == str(path)
+    flipped = study.affine @ np.diag([1.0, 1.0, -1.0, 1.0])
+    flipped[:3, 3] = study.affine[:3, :3] @ [0, 0, aorta.shape[2] - 1] + study.affine[:3, 3]
+    path = write_nifti(aorta[:, :, ::-1].astype(np.uint8), flipped, tmp_path / "flipped.nii.gz")
+    with pytest.raises(InputError, match="its voxel-to-patient affine differs"):
+        input_function_for_study(study, mask_path=path)
 
 
 def test_segmentation_on_a_finer_grid_is_resampled(app_small_phantom, complete, tmp_path):

@@ -250,11 +250,14 @@ def quality_flags(inp: InputFunction, source: str, volume_ml: float) -> list[str
     flags = []
     mid = 0.5 * (inp.frame_start_min + inp.frame_end_min)
     k = int(np.argmax(inp.cp_frame_mean))
-    if mid[k] > 3.0:
-        flags.append(f"peak at {mid[k]:.1f} min, later than a bolus peak (3 min): check the injection time")
-    tail = inp.cp_frame_mean[-1]
-    if tail <= 0 or inp.cp_frame_mean[k] / max(tail, 1e-12) < 2.0:
-        flags.append("peak-to-tail ratio below 2: the region may not be blood")
+    # The peak checks need frames over the bolus: a late-only study (with a measured CSV) has none there.
+    if inp.frame_start_min[0] <= MAX_LEAD_IN_MIN:
+        if mid[k] > 3.0:
+            flags.append(f"peak at {mid[k]:.1f} min, later than a bolus peak (3 min): check the injection time")
+        tail = inp.cp_frame_mean[-1]
+        if tail <= 0 or inp.cp_frame_mean[k] / max(tail, 1e-12) < 2.0:
+            flags.append("peak-to-tail ratio below 2: " + ("the curve may not be plasma" if source == "csv"
+                                                           else "the region may not be blood"))
     if source == "left ventricle":
         flags.append("left-ventricle cavity used (no aorta found): myocardial spill-in may raise the tail")
     if source in ("aorta", "left ventricle", "mask") and volume_ml < 1.0:

@@ -75,6 +75,8 @@ def test_a_scan_started_after_the_bolus_needs_a_measured_curve(app_study, app_ph
     measured = read_input_function_csv(truth_csv, late.frame_start_min, late.frame_end_min)
     assert not measured.uncovered_interpolated and measured.uncovered_area[0] > 0
     assert relative_ki_error(fit_patlak(late.activity, measured).ki, on_complete) < 0.002
+    # no frame over the bolus: the frame means cannot show where the curve peaks, so no peak flags
+    assert input_function_for_study(late, csv_path=truth_csv).quality_flags == []
 
 
 def test_a_short_lead_in_is_ramped_and_reported(app_study, complete):

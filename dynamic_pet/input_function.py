@@ -259,7 +259,8 @@ def quality_flags(inp: InputFunction, source: str, volume_ml: float) -> list[str
             flags.append("peak-to-tail ratio below 2: " + ("the curve may not be plasma" if source == "csv"
                                                            else "the region may not be blood"))
     if source == "left ventricle":
-        flags.append("left-ventricle cavity used (no aorta found): myocardial spill-in may raise the tail")
+        flags.append("no aorta of 5 cm in view: the largest blood cavity used (the left ventricle, or a short "
+                     "stretch of aorta); spill-in from the myocardium, partial volume in a vessel, may bias the curve")
     if source in ("aorta", "left ventricle", "mask") and volume_ml < 1.0:
         flags.append(f"blood-pool region of {volume_ml:.2f} mL: noisy input function")
     if inp.uncovered_interpolated:

@@ -292,3 +292,23 @@ def test_a_small_artery_is_not_taken_for_the_heart():
     assert pool.kind == "left ventricle" and pool.mask.any()
     z, y, x = np.nonzero(pool.mask)
     assert np.all(((z * 2.0 - 40) ** 2 + (y * 2.0 - 60) ** 2 + (x * 2.0 - 55) ** 2) <= 20.0 ** 2)
+
+
+def test_an_abdominal_field_of_view_does_not_take_the_liver_for_blood():
+    """The demo phantom at 25 % dose through the scanner, cut to its lowest 12 slices: no heart, 48 mm of aorta
+    (too short for the aorta's test). The liver peaks early too, but keeps about half its peak: the fallback must
+    take blood (the stretch of aorta) or refuse, never the liver, which gave Ki 30 % low."""
+    from dynamic_pet.blood_pool import detect_blood_pool
+    from phantom.anatomy import LABELS
+    from phantom.simulate import simulate_study
+
+    sim = simulate_study("demo", 1000, 0.25)
+    labels = sim.anatomy.labels
+    heart = np.isin(labels, [LABELS["myocardium"], LABELS["lv_blood"], LABELS["heart_blood"]]).any(axis=(1, 2))
+    low = slice(-12, None) if not heart[-12:].any() else slice(0, 12)
+    assert not heart[low].any() and (labels[low] == LABELS["liver"]).sum() > 1000
+    inp = sim.true_input_function()
+    mid = 0.5 * (inp.frame_start_min + inp.frame_end_min)
+    pool = detect_blood_pool(sim.activity[:, low], mid, sim.preset.voxel_mm)
+    under = labels[low][pool.mask]
+    assert not np.any(under == LABELS["liver"]) and np.mean(under == LABELS["aorta"]) > 0.9

@@ -128,7 +128,9 @@ def read_input_function_csv(path: str | Path, frame_start_min: np.ndarray,
         except csv.Error:  # one column, or no delimiter the sniffer is sure of
             dialect = csv.excel
         reader = csv.DictReader(text.splitlines(), dialect=dialect)
-        rows, names = list(reader), list(reader.fieldnames or [])
+        # rows of empty cells only (a spreadsheet's trailing ';;' lines) carry nothing
+        rows = [r for r in reader if any(str(v or "").strip() for v in r.values())]
+        names = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read the input-function CSV: {exc}", path=path) from exc
     if not rows:

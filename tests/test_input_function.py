@@ -130,14 +130,17 @@ def test_blood_sample_csv_as_spreadsheets_write_it(plasma, tmp_path):
 
     def read(name: str, header: str, rows, *, sep: str = ",", encoding: str = "utf-8"):
         path = tmp_path / name
-        path.write_text("\n".join([header] + [sep.join(f"{v:.10g}" for v in r) for r in rows]) + "\n",
+        path.write_text("\n".join([header] + [sep.join(v if isinstance(v, str) else f"{v:.10g}" for v in r)
+                                               for r in rows]) + "\n",
                         encoding=encoding)
         return read_input_function_csv(path, start, end)
 
     plain = read("plain.csv", "time_s,cp_bq_per_ml", zip(t_s, cp))
     assert np.allclose(plain.cp_frame_mean, on_frames(sampled_integral(t_s / 60, cp), start, end).cp_frame_mean)
-    for other in (read("excel.csv", "Time (min);Cp [kBq/mL]", zip(t_s / 60, cp / 1e3), sep=";",
-                       encoding="utf-8-sig"),
+    excel_rows = [*zip(t_s / 60, cp / 1e3)]
+    for other in (read("excel.csv", "Time (min);Cp [kBq/mL]", excel_rows, sep=";", encoding="utf-8-sig"),
+                  read("excel_blank_rows.csv", "Time (min);Cp [kBq/mL];", [(*r, "") for r in excel_rows]
+                       + [("", "", "")] * 3, sep=";"),  # a trailing empty column and empty rows
                   read("tabs.tsv", "time_sec\tcp_MBq/mL", zip(t_s, cp / 1e6), sep="\t")):
         np.testing.assert_allclose(other.cp_frame_mean, plain.cp_frame_mean, rtol=1e-8)
         np.testing.assert_allclose(other.uncovered_area, plain.uncovered_area, rtol=1e-8)

@@ -81,6 +81,7 @@ def diffusion_draws(prior, method: str, activity: np.ndarray, fit: PatlakFit, sp
     """(Ki, V) maps of the ``method`` sampler on the study's grid, one pair per seed, and how they were made
     (grid, slicing, the noise the sampler faced and its :func:`noise_flags`).
 
+    Each draw keeps the conventional estimate's regional means (:func:`~dynamic_pet.samplers.keep_regional_means`).
     Where the study's voxels are finer than the prior's pixels, the data term is refitted and sampled on the
     prior's grid and the maps interpolated back (:mod:`dynamic_pet.prior_grid`).
     """
@@ -103,10 +104,12 @@ def diffusion_draws(prior, method: str, activity: np.ndarray, fit: PatlakFit, sp
     draws = []
     for seed in seeds:
         maps = samplers.SAMPLERS[method](prior, quad, axes=axes, seed=seed, device=device, progress=progress)
+        maps = samplers.keep_regional_means(maps, quad, spacing)
         if shape is not None:
             maps = prior_grid.to_study_grid(maps, (fit.ki, fit.v), fit.quadratic.body_mask)
         draws.append(maps)
     grid = {"slice_axes": list(axes), "prior_grid_shape": list(shape) if shape else None,
             "prior_grid_spacing_mm": [round(s, 3) for s in spacing],
-            "noise_sd_prior_units": [round(n, 4) for n in noise], "quality_flags": flags}
+            "noise_sd_prior_units": [round(n, 4) for n in noise], "quality_flags": flags,
+            "regional_mean_sigma_mm": samplers.REGIONAL_MEAN_SIGMA_MM}
     return draws, grid

@@ -48,7 +48,7 @@ def _number(cast, minimum, what: str):
             value = cast(text)
         except ValueError:
             value = None
-        if value is None or not (value >= minimum) or value == float("inf"):
+        if value is None or not minimum <= value < float("inf"):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what} (from the option or its PATLAK_ variable)")
         return value
     return convert

@@ -1,14 +1,13 @@
 """Automatic blood-pool region for an image-derived input function (IDIF).
 
-Blood is where activity peaks in the first minutes after injection and has mostly cleared later. Among
-such voxels (at the lowest of a few peak levels that gives one) the descending (or ascending) aorta is
-preferred: a vertical tube whose axial sections are round and of aortic calibre over at least 5 cm; the
-left-ventricle cavity is the fallback when no aorta is in view (it suffers more spill-in from the
-myocardium): the largest such region at least 12 mm across that has cleared to a third of its peak, as
-blood does and the liver does not. Nothing thinner is used (a carotid or iliac
-artery in a head or pelvis field of view reads far below blood through partial volume): the study is then
-refused. The region is eroded and reduced to its hottest core, the usual defence against partial-volume
-loss at the vessel wall.
+Blood is where activity peaks in the first minutes after injection and has mostly cleared later. Among such
+voxels (at the lowest of a few peak levels that gives one) the descending (or ascending) aorta is preferred:
+a vertical tube whose axial sections are round and of aortic calibre over at least 5 cm; the left-ventricle
+cavity is the fallback when no aorta is in view (it suffers more spill-in from the myocardium): the largest
+such region at least 12 mm across that has cleared to a third of its peak, as blood does and the liver does
+not. Nothing thinner is used (a carotid or iliac artery in a head or pelvis field of view reads far below
+blood through partial volume): the study is then refused. The region is eroded and reduced to its hottest
+core, the usual defence against partial-volume loss at the vessel wall.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
 NIfTI must lie on the study's voxel grid (shape and affine) and hold a binary mask (0 and one other value, 1
 or 255 alike) or fractions in [0, 1] (a probability map, or a mask resampled linearly: a voxel counts from
 0.5, as in a fractional Segmentation); a label map with several structures is refused, as which label is blood
-cannot be told from a NIfTI file (a DICOM Segmentation's segment names can). A DICOM Segmentation (binary or fractional) is
-placed by its geometry, not by the images it references: it may have been drawn on any time frame of the
-dynamic series, on a subset of slices, or on another grid of the same frame of reference (a CT of the same
-PET/CT), and highdicom assembles its frames into a volume that SimpleITK resamples onto the study's grid
-(linear, then >= 0.5: a voxel counts when at least half of it is inside). Which segment: the only one, else
-the one whose label or property type names the aorta, else blood, a ventricle, an artery (the first of these
-that names exactly one segment; an organ atlas with one aorta among a hundred structures works as it is).
+cannot be told from a NIfTI file (a DICOM Segmentation's segment names can). A DICOM Segmentation (binary or
+fractional) is placed by its geometry, not by the images it references: it may have been drawn on any time
+frame of the dynamic series, on a subset of slices, or on another grid of the same frame of reference (a CT of
+the same PET/CT), and highdicom assembles its frames into a volume that SimpleITK resamples onto the study's
+grid (linear, then >= 0.5: a voxel counts when at least half of it is inside). Which segment: the only one,
+else the one whose label or property type names the aorta, else blood, a ventricle, an artery (the first of
+these that names exactly one segment; an organ atlas with one aorta among a hundred structures works as it
+is).
 """
 
 from __future__ import annotations

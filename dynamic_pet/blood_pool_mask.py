@@ -1,16 +1,17 @@
 """A user's blood-pool region for the image-derived input function: NIfTI, or DICOM Segmentation from PACS.
 
-NIfTI must lie on the study's voxel grid (shape and affine) and hold a binary mask (0 and one other value, 1
-or 255 alike) or fractions in [0, 1] (a probability map, or a mask resampled linearly: a voxel counts from
-0.5, as in a fractional Segmentation); a label map with several structures is refused, as which label is blood
-cannot be told from a NIfTI file (a DICOM Segmentation's segment names can). A DICOM Segmentation (binary or
-fractional) is placed by its geometry, not by the images it references: it may have been drawn on any time
-frame of the dynamic series, on a subset of slices, or on another grid of the same frame of reference (a CT of
-the same PET/CT), and highdicom assembles its frames into a volume that SimpleITK resamples onto the study's
-grid (linear, then >= 0.5: a voxel counts when at least half of it is inside). Which segment: the only one,
-else the one whose label or property type names the aorta, else blood, a ventricle, an artery (the first of
-these that names exactly one segment; an organ atlas with one aorta among a hundred structures works as it
-is).
+NIfTI holds a binary mask (0 and one other value, 1 or 255 alike) or fractions in [0, 1] (a probability map,
+or a mask resampled linearly: a voxel counts from 0.5, as in a fractional Segmentation); a label map with
+several structures is refused, as which label is blood cannot be told from a NIfTI file (a DICOM
+Segmentation's segment names can). It is placed by its affine in the patient's coordinates: on the study's
+grid as it is, on another grid or orientation (a viewer's export, a CT's grid) resampled as a Segmentation is.
+A DICOM Segmentation (binary or fractional) is placed by its geometry, not by the images it references: it may
+have been drawn on any time frame of the dynamic series, on a subset of slices, or on another grid of the same
+frame of reference (a CT of the same PET/CT), and highdicom assembles its frames into a volume that SimpleITK
+resamples onto the study's grid (linear, then >= 0.5: a voxel counts when at least half of it is inside).
+Which segment: the only one, else the one whose label or property type names the aorta, else blood, a
+ventricle, an artery (the first of these that names exactly one segment; an organ atlas with one aorta among a
+hundred structures works as it is).
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ def _nifti_mask(path: Path, study) -> np.ndarray:
         values, affine = read_nifti(path)
     except Exception as exc:  # SimpleITK raises RuntimeError for anything it cannot read
         raise InputError(f"cannot read the blood-pool mask as NIfTI: {exc}", path=path) from exc
-    if values.shape != study.activity.shape[1:] or not np.allclose(affine, study.affine, atol=1e-2):
-        what = "voxel-to-patient affine" if values.shape == study.activity.shape[1:] else "shape"
-        raise InputError(f"the blood-pool mask's grid does not match the study's: its {what} differs (shape "
-                         f"{values.shape} against {study.activity.shape[1:]}; the mask must be on the study's voxels "
-                         "in the same orientation, e.g. drawn on the app's nifti/ outputs)", path=path)
-    return _binary(values, path)
+    mask = _binary(values, path)
+    if values.shape == study.activity.shape[1:] and np.allclose(affine, study.affine, atol=1e-2):
+        return mask
+    # another grid or orientation of the same patient space (a viewer's or another tool's export): resampled
+    # as a Segmentation is (linear, then >= 0.5)
+    placed = with_geometry(sitk.GetImageFromArray(mask.astype(np.float32)), affine)
+    resampled = sitk.Resample(placed, _study_grid(study), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampled) >= 0.5
 
 
 def _binary(values: np.ndarray, path: Path) -> np.ndarray:

@@ -213,8 +213,9 @@ def test_nifti_and_segmentation_masks_give_the_same_input_function(app_small_pha
 
 
 def test_nifti_masks_as_other_tools_write_them(complete, tmp_path):
-    """0/255, a probability map (from 0.5, as a fractional Segmentation) and a flipped copy of the same voxels;
-    an organ label map is refused rather than read as 'everything above 0' (the whole body as blood)."""
+    """0/255, a probability map (from 0.5, as a fractional Segmentation) and the same voxels stored flipped (placed
+    by the affine) give the region; an organ label map is refused rather than read as 'everything above 0' (the
+    whole body as blood)."""
     from dynamic_pet.parametric_dicom import write_nifti
 
     study, _, _ = complete
@@ -229,11 +230,10 @@ def test_nifti_masks_as_other_tools_write_them(complete, tmp_path):
     with pytest.raises(InputError, match=r"2 different values \(5, 6\), a label map") as refused:
         input_function_for_study(study, mask_path=path)
     assert refused.value.path == str(path)
-    flipped = study.affine @ np.diag([1.0, 1.0, -1.0, 1.0])
-    flipped[:3, 3] = study.affine[:3, :3] @ [0, 0, aorta.shape[2] - 1] + study.affine[:3, 3]
+    flipped = study.affine @ np.diag([-1.0, 1.0, 1.0, 1.0])  # voxel x runs the other way (array axis 2)
+    flipped[:3, 3] = study.affine[:3, :3] @ [aorta.shape[2] - 1, 0, 0] + study.affine[:3, 3]
     path = write_nifti(aorta[:, :, ::-1].astype(np.uint8), flipped, tmp_path / "flipped.nii.gz")
-    with pytest.raises(InputError, match="its voxel-to-patient affine differs"):
-        input_function_for_study(study, mask_path=path)
+    assert np.array_equal(input_function_for_study(study, mask_path=path).mask, aorta)
 
 
 def test_segmentation_on_a_finer_grid_is_resampled(app_small_phantom, complete, tmp_path):

@@ -55,9 +55,7 @@ def _nifti_mask(path: Path, study) -> np.ndarray:
         return mask
     # another grid or orientation of the same patient space (a viewer's or another tool's export): resampled
     # as a Segmentation is (linear, then >= 0.5)
-    placed = with_geometry(sitk.GetImageFromArray(mask.astype(np.float32)), affine)
-    resampled = sitk.Resample(placed, _study_grid(study), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(resampled) >= 0.5
+    return _on_study_grid(with_geometry(sitk.GetImageFromArray(mask.astype(np.float32)), affine), study)
 
 
 def _binary(values: np.ndarray, path: Path) -> np.ndarray:
@@ -93,9 +91,7 @@ def _segmentation_mask(path: Path, study) -> np.ndarray:
     except Exception as exc:  # highdicom raises ValueError/RuntimeError for frames that form no volume
         raise InputError(f"the Segmentation's frames do not form a volume: {exc}", path=path,
                          tag="(5200,9230) PerFrameFunctionalGroupsSequence") from exc
-    resampled = sitk.Resample(volume.to_simpleitk(), _study_grid(study), sitk.Transform(), sitk.sitkLinear, 0.0,
-                              sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(resampled) >= 0.5
+    return _on_study_grid(volume.to_simpleitk(), study)
 
 
 def _blood_segment(header, path: Path) -> int:
@@ -123,6 +119,13 @@ def _blood_segment(header, path: Path) -> int:
     raise InputError(f"none of the Segmentation's {len(segments)} segments ({listed(segments)}) names blood "
                      f"({', '.join(BLOOD_WORDS)}...): keep the blood-pool one only", path=path,
                      tag="(0062,0002) SegmentSequence")
+
+
+def _on_study_grid(image: sitk.Image, study) -> np.ndarray:
+    """A mask image placed in patient space, resampled onto the study's grid: linear, then >= 0.5 (a voxel counts
+    when at least half of it is inside)."""
+    resampled = sitk.Resample(image, _study_grid(study), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampled) >= 0.5
 
 
 def _study_grid(study) -> sitk.Image:

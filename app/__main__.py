@@ -1,7 +1,7 @@
 """Entry point: python -m app -i IN -o OUT [-m MODELS] [options]  (also: python app ...).
 
 Options come from the command line, else from environment variables, else defaults:
-  --method patlak|reddiff|hqs   PATLAK_METHOD        estimation method (default reddiff: see README)
+  --method patlak|reddiff|hqs   PATLAK_METHOD        estimation method (default hqs: see README)
   --t-star MIN                  PATLAK_T_STAR        start of the Patlak fit (default: first frame >= 20 min)
   --input-function CSV          PATLAK_INPUT_FUNCTION  plasma curve instead of the image-derived one
   --idif-mask FILE              PATLAK_IDIF_MASK     blood-pool mask (NIfTI or DICOM SEG) instead of automatic detection
@@ -28,10 +28,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python app`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# RED-diff, the better of the two diffusion-prior methods on the held-out phantoms (benchmarks/results/quality.md:
-# equal to HQS at 25 % dose, 0.1-0.4 dB better on Ki and V at 10 and 5 %); conventional Patlak stays one flag
-# away (--method patlak) for comparison with other software.
-DEFAULT_METHOD = "reddiff"
+# HQS, the better of the two diffusion-prior methods on the held-out phantoms (benchmarks/results/quality.md:
+# against RED-diff +0.1 dB Ki and -0.1 dB V at 25 % dose, +0.3 to +0.5 dB Ki and +0.1 to +0.4 dB V at 10 and 5 %,
+# lesion Ki about 1 point lower); conventional Patlak stays one flag away (--method patlak) for comparison with
+# other software.
+DEFAULT_METHOD = "hqs"
 EXIT_BAD_INPUT = 2
 
 

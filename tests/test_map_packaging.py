@@ -219,7 +219,7 @@ def test_app_runs_from_the_image_layout_with_only_holoscan_variables(phantom_dem
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((output / "summary.json").read_text())
-    assert summary["method"] == "reddiff" and summary["research_use_only"] is True  # the default, prior from -m
+    assert summary["method"] == "hqs" and summary["research_use_only"] is True  # the default, prior from -m
     assert len(list((output / "dicom").rglob("*.dcm"))) > 4
     assert sorted(workdir.rglob("*")) == before  # nothing written into the working directory
 

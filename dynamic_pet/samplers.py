@@ -100,11 +100,11 @@ class HqsDefaults:
     demo 1090-1091 and torso 1090 at 5% dose, demo and torso 1090 at 25%; margin in dB over the better of the
     tuned Gaussian and HYPR-LR against the full-count reference, mean Ki / V at 5% | at 25%; lesion Ki bias
     against the reference, mean of all five): the former 10 steps from t = 25: +2.78 / +1.91 | +3.12 / +3.41,
-    -9.5%; 14 steps from t = 25: +3.45 / +2.57 | +3.27 / +3.53, -10.9%; from t = 30 (chosen, RED-diff's schedule, so that
-    RED-diff at lr = 1 is this HQS): +3.72 / +2.72 | +3.26 / +3.50, -11.8%; from t = 35: +3.87 / +2.79 |
+    -9.5%; 14 steps from t = 25: +3.45 / +2.57 | +3.27 / +3.53, -10.9%; from t = 30 (chosen, RED-diff's schedule,
+    so that RED-diff at lr = 1 is this HQS): +3.72 / +2.72 | +3.26 / +3.50, -11.8%; from t = 35: +3.87 / +2.79 |
     +3.21 / +3.45, -12.6%; from t = 45: +3.97 / +2.79 at 5% only, -15.8% there; 20 steps from t = 35: +3.99 /
-    +2.82 at 5%, at 1.4 times the time. Starting where sigmabar_t equals the measured noise (:func:`noise_sd`;
-    t = 61-75 at 5% dose) smoothed more and lost lesion Ki (-15.1%) for no gain in V (+2.65 at 5%).
+    +2.82 at 5%, at 1.4 times the time. Starting where sigmabar_t equals the measured noise (:func:`noise_sd`; t =
+    61-75 at 5% dose) smoothed more and lost lesion Ki (-15.1%) for no gain in V (+2.65 at 5%).
     """
 
     steps: int = 14

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as `python app`: make the repository import
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # HQS, the better of the two diffusion-prior methods on the held-out phantoms (benchmarks/results/quality.md:
-# against RED-diff +0.1 dB Ki and -0.1 dB V at 25 % dose, +0.3 to +0.5 dB Ki and +0.1 to +0.4 dB V at 10 and 5 %,
+# against RED-diff +0.1 dB Ki and -0.15 dB V at 25 % dose, +0.3 to +0.5 dB Ki and +0.06 to +0.4 dB V at 10 and 5 %,
 # lesion Ki about 1 point lower); conventional Patlak stays one flag away (--method patlak) for comparison with
 # other software.
 DEFAULT_METHOD = "hqs"
